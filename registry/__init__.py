@@ -1,0 +1,1 @@
+"""The backbone catalog: YAML data, shipped inside the package as `tlkeras.catalog`."""
