@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from tlkeras import paths
+from tlkeras.errors import TlkerasError
 from tlkeras.registry.entry import BackboneEntry, CatalogError, validate_entry
 from tlkeras.registry.suggest import did_you_mean
 
@@ -35,7 +36,7 @@ ENV_PATH = "TLKERAS_REGISTRY_PATH"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class UnknownBackboneError(KeyError):
+class UnknownBackboneError(TlkerasError, KeyError):
     """No catalog entry has this name."""
 
     def __str__(self) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from tlkeras.errors import TlkerasError
 
 SOURCES = ("keras_applications", "keras_hub", "tf_hub", "pypi_wheel", "local")
 DOMAINS = ("image", "text", "audio")
 
 
-class CatalogError(ValueError):
+class CatalogError(TlkerasError, ValueError):
     """A catalog file or entry is malformed."""
 
 

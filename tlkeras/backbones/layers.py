@@ -1,0 +1,60 @@
+"""Small serialisable layers that backbones put around pre-trained networks."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class PixelNormalization(keras.layers.Layer):
+    """Maps RGB pixels in [0, 255] to what a pre-trained network expects: `(x - mean) / std`.
+
+    Args:
+        mean: list of 3 floats. Per-channel mean, in the network's channel order.
+        std: list of 3 floats. Per-channel standard deviation.
+        channel_order: str. "RGB" or "BGR"; "BGR" flips the channels first.
+
+    Example:
+    >>> PixelNormalization(mean=[127.0] * 3, std=[128.0] * 3)(np.full((1, 2, 2, 3), 255.0))
+    """
+
+    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channel_order="RGB", **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.channel_order = channel_order
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.channel_order == "BGR":
+            x = ops.flip(x, axis=-1)
+        return (x - ops.array(self.mean, dtype=x.dtype)) / ops.array(self.std, dtype=x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std,
+                "channel_order": self.channel_order}
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class MaskedMeanPooling(keras.layers.Layer):
+    """Averages token vectors over the positions where `padding_mask` is set.
+
+    Call with `(sequence, padding_mask)`: float (B, L, H) and int/bool (B, L). Returns (B, H).
+    """
+
+    def call(self, sequence, padding_mask):
+        mask = ops.expand_dims(ops.cast(padding_mask, sequence.dtype), -1)
+        total = ops.sum(sequence * mask, axis=1)
+        return total / ops.maximum(ops.sum(mask, axis=1), 1e-9)
+
+
+@keras.saving.register_keras_serializable(package="tlkeras")
+class FirstTokenPooling(keras.layers.Layer):
+    """Takes the vector of the first token ([CLS]) from (B, L, H)."""
+
+    def call(self, sequence, padding_mask=None):
+        return sequence[:, 0, :]
+
+
+TEXT_POOLING = {"mean": MaskedMeanPooling, "cls": FirstTokenPooling}

