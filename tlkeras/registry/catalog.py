@@ -30,7 +30,7 @@ import yaml
 from tlkeras import paths
 from tlkeras.errors import TlkerasError
 from tlkeras.registry.entry import BackboneEntry, CatalogError, validate_entry
-from tlkeras.registry.suggest import did_you_mean
+from tlkeras.suggest import did_you_mean
 
 ENV_PATH = "TLKERAS_REGISTRY_PATH"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from tlkeras.errors import TlkerasError
+from tlkeras.schema import SchemaError, from_dict
 
 SOURCES = ("keras_applications", "keras_hub", "tf_hub", "pypi_wheel", "local")
 DOMAINS = ("image", "text", "audio")
@@ -81,37 +80,11 @@ class BackboneEntry:
         return dataclasses.asdict(self)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(BackboneEntry)}
-_HINTS = typing.get_type_hints(BackboneEntry)
 _CHOICES = {"source": SOURCES, "domain": DOMAINS}
 
 
 def field_names() -> list[str]:
-    return list(_FIELDS)
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Checks `value` against the type `hint` and returns it in the dataclass's own type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise CatalogError(f"field '{key}' must be a list. Received: {key}={value!r}")
-        return tuple(_coerce(key, v, args[0]) for v in value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
-        raise CatalogError(
-            f"field '{key}' must be {hint.__name__}. Received: {key}={value!r}"
-        )
-    return value
+    return [f.name for f in dataclasses.fields(BackboneEntry)]
 
 
 def validate_entry(raw: dict[str, Any]) -> BackboneEntry:
@@ -124,23 +97,17 @@ def validate_entry(raw: dict[str, Any]) -> BackboneEntry:
     >>> validate_entry({"name": "my_net", "params": 1000}).params
     1000
     """
-    from tlkeras.registry.suggest import did_you_mean
-
-    if not isinstance(raw, dict):
-        raise CatalogError(f"an entry must be a mapping. Received: {raw!r}")
-    if "name" not in raw:
-        raise CatalogError("an entry has no 'name'")
-    values = {}
-    for key, value in raw.items():
-        if key not in _FIELDS:
-            raise CatalogError(f"unknown field '{key}'{did_you_mean(key, _FIELDS)}")
-        values[key] = _coerce(key, value, _HINTS[key])
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise CatalogError(f"an entry must be a mapping with a 'name'. Received: {raw!r}")
+    try:
+        entry = from_dict(BackboneEntry, raw)
+    except SchemaError as err:
+        raise CatalogError(str(err)) from None
     for key, choices in _CHOICES.items():
-        if key in values and values[key] not in choices:
+        if getattr(entry, key) not in choices:
             raise CatalogError(
-                f"field '{key}' must be one of {', '.join(choices)}. Received: {key}={values[key]!r}"
+                f"'{key}' must be one of {', '.join(choices)}. Received: {key}={getattr(entry, key)!r}"
             )
-    accuracy = values.get("accuracy")
-    if accuracy is not None and not 0.0 <= accuracy <= 1.0:
-        raise CatalogError(f"field 'accuracy' is a fraction in [0, 1]. Received: accuracy={accuracy}")
-    return BackboneEntry(**values)
+    if entry.accuracy is not None and not 0.0 <= entry.accuracy <= 1.0:
+        raise CatalogError(f"'accuracy' is a fraction in [0, 1]. Received: accuracy={entry.accuracy}")
+    return entry

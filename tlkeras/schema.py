@@ -1,0 +1,103 @@
+"""Typed mappings: build (nested) dataclasses from YAML dicts, with errors that name the key.
+
+Both the backbone catalog and recipes are plain dataclasses; this module is their shared validator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from tlkeras.errors import TlkerasError
+from tlkeras.suggest import did_you_mean
+
+
+class SchemaError(TlkerasError, ValueError):
+    """A mapping does not fit its dataclass."""
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """Checks `value` against the type `hint` and returns it in that type (lists become tuples,
+    ints become floats where a float is expected, mappings become nested dataclasses)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(key, value, option)
+            except SchemaError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        names = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise SchemaError(f"'{key}' must be {names}. Received: {key}={value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise SchemaError(f"'{key}' must be one of {', '.join(map(str, args))}. Received: {key}={value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise SchemaError(f"'{key}' must be a list. Received: {key}={value!r}")
+        inner = args[0] if args else Any
+        return tuple(coerce(key, v, inner) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SchemaError(f"'{key}' must be a mapping. Received: {key}={value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where=key)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise SchemaError(f"'{key}' must be {_type_name(hint)}. Received: {key}={value!r}")
+    return value
+
+
+def from_dict(cls: type, raw: Any, where: str = ""):
+    """Builds dataclass `cls` from a mapping; unknown keys get a "did you mean".
+
+    Example:
+    >>> from_dict(HeadConfig, {"dropout": 0.2}).dropout
+    0.2
+    """
+    prefix = f"{where}." if where else ""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SchemaError(f"'{where or cls.__name__}' must be a mapping. Received: {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise SchemaError(f"unknown key '{prefix}{key}'{did_you_mean(str(key), fields)}")
+        values[key] = coerce(f"{prefix}{key}", value, hints[key])
+    try:
+        return cls(**values)
+    except TypeError as err:  # a required field is missing
+        raise SchemaError(f"'{where or cls.__name__}': {err}") from None
+
+
+def to_dict(instance) -> dict[str, Any]:
+    """A dataclass as plain YAML-ready data (tuples become lists)."""
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(instance))
