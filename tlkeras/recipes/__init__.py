@@ -1,0 +1,12 @@
+"""Recipes: a backbone, a head, a freezing schedule, augmentation and callbacks, trained and evaluated.
+
+Example:
+>>> from tlkeras import recipes
+>>> result = recipes.train(recipes.load_recipe("recipes/fashion_mnist_lite0.yaml"))
+>>> result.metrics["accuracy"], result.run_dir
+"""
+
+from tlkeras.recipes.config import Recipe, load_recipe, parse_recipe
+from tlkeras.recipes.trainer import RunResult, Trainer, train
+
+__all__ = ["Recipe", "RunResult", "Trainer", "load_recipe", "parse_recipe", "train"]

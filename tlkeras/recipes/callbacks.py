@@ -1,0 +1,80 @@
+"""The callbacks a recipe asks for, plus one of tlkeras's own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from tlkeras.recipes.config import CallbacksConfig
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves `model_to_save` whenever `monitor` improves.
+
+    Unlike `keras.callbacks.ModelCheckpoint`, the model saved need not be the one being fitted: when
+    the head trains on cached features, the checkpoint is still the whole backbone + head model.
+
+    Args:
+        model_to_save: keras.Model. Shares its head layers with the model being fitted.
+        path: str. A `.keras` file.
+        monitor: str. A logged metric. Defaults to "val_loss".
+        mode: str. "min" or "max". Defaults to "min".
+
+    Example:
+    >>> head.fit(features, y, validation_split=0.2,
+    ...          callbacks=[BestModelCheckpoint(full_model, "best.keras")])
+    """
+
+    def __init__(self, model_to_save, path, monitor="val_loss", mode="min"):
+        super().__init__()
+        self.model_to_save = model_to_save
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = mode
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best = value
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.model_to_save.save(self.path)
+
+
+def build_callbacks(config: CallbacksConfig, run_dir: Path, stage_index: int, full_model, monitor: str):
+    """The Keras callbacks for one stage of a run.
+
+    Args:
+        config: CallbacksConfig. What the recipe enabled.
+        run_dir: Path. The run directory.
+        stage_index: int. Each stage keeps its own BackupAndRestore folder.
+        full_model: keras.Model. The backbone + head model, for the best checkpoint.
+        monitor: str. "val_loss", or "loss" when there is no validation data.
+    """
+    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
+    if config.backup:
+        callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "backup" / f"stage_{stage_index}")))
+    if config.checkpoint:
+        callbacks.append(BestModelCheckpoint(full_model, run_dir / "checkpoints" / "best.keras", monitor))
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
+    if config.early_stopping:
+        es = config.early_stopping
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=_available(es.monitor, monitor), patience=es.patience,
+            restore_best_weights=es.restore_best_weights))
+    if config.reduce_on_plateau:
+        rp = config.reduce_on_plateau
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=_available(rp.monitor, monitor), factor=rp.factor, patience=rp.patience, min_lr=rp.min_lr))
+    return callbacks
+
+
+def _available(wanted: str, monitor: str) -> str:
+    # Without validation data there is no val_* metric; fall back to its training twin.
+    if wanted.startswith("val_") and not monitor.startswith("val_"):
+        return wanted[len("val_"):]
+    return wanted

@@ -1,0 +1,205 @@
+"""The recipe schema: a YAML file maps onto `Recipe`, validated key by key.
+
+Example recipe:
+
+    task: classification
+    backbone: efficientnet_lite0_imagenet
+    data:
+      train: data/train          # a folder with one subfolder per class, or a CSV/Parquet file
+      validation_split: 0.2
+      test: data/test
+    head: {hidden_units: [256], dropout: 0.2}
+    schedule: {strategy: feature_extraction, epochs: 10, learning_rate: 0.001}
+    augment: {flip: horizontal}
+    output_dir: runs/fashion
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tlkeras.schema import SchemaError, coerce, from_dict, to_dict
+
+Task = Literal["classification", "multilabel", "regression"]
+Strategy = Literal["feature_extraction", "layer_retraining", "gradual_unfreezing", "fine_tuning", "weight_init"]
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    validation: str | None = None
+    validation_split: float = 0.0
+    test: str | None = None
+    path_column: str | None = None  # tables of images: column of file paths
+    text_column: str | None = None  # tables of texts
+    label_column: str | tuple[str, ...] = "label"  # a list for multi-target regression
+    label_separator: str = "|"  # multilabel cells, e.g. "cat|dog"
+    image_size: tuple[int, ...] = ()  # (height, width); defaults to the backbone's input size
+    sequence_length: int | None = None  # defaults to the backbone's
+    batch_size: int = 32
+    skip_corrupt: bool = False  # skip undecodable images (reported) instead of failing
+    cache_features: bool = True  # reuse frozen-backbone features across epochs and runs
+
+
+@dataclass
+class HeadConfig:
+    hidden_units: tuple[int, ...] = ()
+    dropout: float = 0.2
+    activation: str = "relu"
+
+
+@dataclass
+class StageConfig:
+    epochs: int = 1
+    unfreeze: int | str | tuple[str, ...] = 0  # top N groups, "all", or group/layer-name prefixes
+    learning_rate: float | None = None  # defaults to the schedule's
+
+
+@dataclass
+class ScheduleConfig:
+    strategy: Strategy = "feature_extraction"
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = 1e-4
+    backbone_lr_multiplier: float = 0.1  # discriminative LR: backbone LR = this × head LR
+    head_epochs: int = 0  # layer_retraining / fine_tuning: head-only epochs before unfreezing
+    unfreeze: int | str | tuple[str, ...] = 1  # layer_retraining: top N groups, or prefixes
+    unfreeze_unit: Literal["groups", "layers"] = "groups"
+    stages: tuple[StageConfig, ...] = ()  # gradual_unfreezing; empty = one more group per stage
+    lr_schedule: Literal["constant", "cosine", "one_cycle"] = "constant"
+    warmup_fraction: float = 0.0  # of each stage's steps, for cosine / one_cycle
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    rotation: float = 0.0  # fraction of a full turn
+    zoom: float = 0.0
+    contrast: float = 0.0
+    translation: float = 0.0
+    rand_augment: bool = False
+    random_erasing: float = 0.0  # probability
+    mixup: float = 0.0  # alpha; 0 disables
+    cutmix: float = 0.0  # alpha; 0 disables
+
+    def enabled(self) -> bool:
+        return self != AugmentConfig()
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val_loss"
+    patience: int = 3
+    restore_best_weights: bool = True
+
+
+@dataclass
+class ReduceOnPlateauConfig:
+    monitor: str = "val_loss"
+    factor: float = 0.3
+    patience: int = 2
+    min_lr: float = 1e-6
+
+
+@dataclass
+class CallbacksConfig:
+    early_stopping: EarlyStoppingConfig | None = None
+    reduce_on_plateau: ReduceOnPlateauConfig | None = None
+    checkpoint: bool = True  # best model by val_loss, as checkpoints/best.keras
+    backup: bool = True  # BackupAndRestore, for --resume
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ExportConfig:
+    base_dir: str = "models"
+    name: str = ""
+    tflite: bool = False
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe. `backbone` and `data.train` are required."""
+
+    backbone: str = ""
+    task: Task = "classification"
+    backbone_weights: Literal["pretrained", "random"] = "pretrained"
+    data: DataConfig = field(default_factory=DataConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    distribution: Literal["none", "mirrored", "multi_worker", "tpu"] = "none"
+    seed: int = 0
+    output_dir: str = "runs/run"
+    export: ExportConfig | None = None
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def parse_recipe(raw: dict[str, Any], overrides: list[str] = (), base_dir: Path | None = None) -> Recipe:
+    """Validates a recipe mapping, after applying `--set key.sub=value` overrides.
+
+    Relative data paths are resolved against `base_dir` (the recipe file's folder).
+
+    Example:
+    >>> parse_recipe({"backbone": "minilm_l6_v2", "data": {"train": "t.csv"}}, ["schedule.epochs=3"])
+    """
+    raw = dict(raw or {})
+    for override in overrides:
+        _apply_override(raw, override)
+    recipe = from_dict(Recipe, raw)
+    if not recipe.backbone:
+        raise SchemaError("the recipe needs 'backbone': a registry name (see `tlkeras registry list`)")
+    if not recipe.data.train:
+        raise SchemaError("the recipe needs 'data.train': an image folder or a CSV/Parquet file")
+    if not 0.0 <= recipe.data.validation_split < 1.0:
+        raise SchemaError(f"'data.validation_split' is in [0, 1). Received: {recipe.data.validation_split}")
+    if base_dir is not None:
+        for key in ("train", "validation", "test"):
+            value = getattr(recipe.data, key)
+            if value and not Path(value).is_absolute():
+                setattr(recipe.data, key, str((base_dir / value).resolve()))
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Reads and validates a recipe YAML file; errors name the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(f"recipe file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SchemaError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    try:
+        return parse_recipe(raw, overrides, base_dir=path.parent)
+    except SchemaError as err:
+        raise SchemaError(f"{path}: {err}") from None
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise SchemaError(f"--set takes key=value, e.g. schedule.epochs=3. Received: {override!r}")
+    value = yaml.safe_load(text)
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SchemaError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+__all__ = ["Recipe", "DataConfig", "HeadConfig", "ScheduleConfig", "StageConfig", "AugmentConfig",
+           "CallbacksConfig", "ExportConfig", "load_recipe", "parse_recipe", "coerce"]

@@ -1,0 +1,47 @@
+"""`distribution:` in a recipe -> a `tf.distribute` strategy."""
+
+from __future__ import annotations
+
+from tlkeras.errors import TlkerasError
+
+
+def use_logical_cpus(count: int) -> None:
+    """Splits the CPU into `count` logical devices, so MirroredStrategy can replicate on a CPU-only
+    machine. Must run before TensorFlow initialises its devices; later calls change nothing."""
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        pass  # devices are already initialised: keep what exists
+
+
+def make_strategy(name: str):
+    """Returns the strategy for `name`: "none", "mirrored", "multi_worker" or "tpu".
+
+    "mirrored" uses every GPU, or every logical CPU device when there is no GPU.
+
+    Example:
+    >>> with make_strategy("mirrored").scope():
+    ...     model = build()
+    """
+    import tensorflow as tf
+
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.NotFoundError) as err:
+            raise TlkerasError(f"no TPU found ({err}); use distribution: none or mirrored") from None
+        return tf.distribute.TPUStrategy(resolver)
+    raise TlkerasError(f"unknown distribution '{name}'; use none, mirrored, multi_worker or tpu")
