@@ -12,7 +12,7 @@ from tlkeras.backbones import wheels
 from tlkeras.backbones.hub_layer import HubModuleLayer
 from tlkeras.errors import TlkerasError, WeightsUnavailableError
 from tlkeras.registry import BackboneEntry
-from tlkeras.registry.suggest import did_you_mean
+from tlkeras.suggest import did_you_mean
 
 
 def _offline_hint(entry: BackboneEntry) -> str:

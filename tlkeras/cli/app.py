@@ -43,7 +43,7 @@ class _LazyGroup(click.Group):
 
     def resolve_command(self, ctx, args):
         if args and args[0] not in COMMAND_MODULES and not args[0].startswith("-"):
-            from tlkeras.registry.suggest import did_you_mean
+            from tlkeras.suggest import did_you_mean
 
             hint = did_you_mean(args[0], COMMAND_MODULES)
             raise click.UsageError(f"no such command '{args[0]}'{hint}")
