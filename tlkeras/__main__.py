@@ -1,0 +1,3 @@
+from tlkeras.cli import main
+
+main()
