@@ -35,7 +35,7 @@ class HubModuleLayer(keras.layers.Layer):
         self.output_key = output_key
         self._module = hub.load(self.handle)
         self._fn = self._module.signatures[signature] if signature else self._module
-        for variable in self._module.variables:
+        for variable in _module_variables(self._module, self._fn):
             tracked = keras.Variable(
                 initializer=variable, trainable=variable.trainable, dtype=variable.dtype,
                 shape=variable.shape, name=variable.name.replace("/", "_").replace(":", "_"),
@@ -61,3 +61,17 @@ class HubModuleLayer(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "handle": self.handle, "signature": self.signature,
                 "output_key": self.output_key}
+
+
+def _module_variables(module, fn) -> list:
+    """The module's variables: TF-Hub modules list them; plain SavedModels only through the concrete
+    functions that use them."""
+    if hasattr(module, "variables"):
+        return list(module.variables)
+    found = {}
+    call = fn if hasattr(fn, "concrete_functions") else getattr(fn, "__call__", fn)
+    functions = getattr(call, "concrete_functions", None) or [call]
+    for concrete in functions:
+        for variable in getattr(concrete, "variables", ()):
+            found[id(variable)] = variable
+    return list(found.values())
