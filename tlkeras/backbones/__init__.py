@@ -62,13 +62,20 @@ def load(
 
 def _image_extractor(entry, network: keras.Model, size) -> keras.Model:
     pixels = keras.Input(shape=(*size, 3), dtype="float32", name="pixels")
-    x = PixelNormalization(entry.pixel_mean, entry.pixel_std, entry.channel_order,
-                           name="pixel_normalization")(pixels)
+    x = _pixel_normalization(entry, size)(pixels)
     features = network(x)
     if len(features.shape) == 4:  # a feature map: pool it as the entry says
         pool = keras.layers.GlobalMaxPooling2D if entry.pooling == "max" else keras.layers.GlobalAveragePooling2D
         features = pool(name="pool")(features)
     return keras.Model(pixels, features, name=entry.name)
+
+
+def _pixel_normalization(entry, size):
+    if entry.source == "keras_hub":  # keras-hub presets carry their normalisation in an ImageConverter
+        import keras_hub
+
+        return keras_hub.layers.ImageConverter.from_preset(entry.handle, image_size=tuple(size))
+    return PixelNormalization(entry.pixel_mean, entry.pixel_std, entry.channel_order, name="pixel_normalization")
 
 
 def _text_extractor(entry, network: keras.Model) -> keras.Model:

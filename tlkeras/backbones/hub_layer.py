@@ -69,7 +69,7 @@ def _module_variables(module, fn) -> list:
     if hasattr(module, "variables"):
         return list(module.variables)
     found = {}
-    call = fn if hasattr(fn, "concrete_functions") else getattr(fn, "__call__", fn)
+    call = fn if hasattr(fn, "concrete_functions") else fn.__call__  # a restored tf.function
     functions = getattr(call, "concrete_functions", None) or [call]
     for concrete in functions:
         for variable in getattr(concrete, "variables", ()):

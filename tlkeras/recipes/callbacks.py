@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -34,14 +35,25 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.mode = mode
         self.best = None
 
+    @property
+    def _record(self) -> Path:
+        return self.path.with_suffix(".json")
+
+    def on_train_begin(self, logs=None):
+        # A run fits once per stage, and may be resumed: start from the best value saved so far, so a
+        # later stage only replaces the checkpoint with a better model.
+        if self.best is None and self._record.exists():
+            self.best = json.loads(self._record.read_text()).get(self.monitor)
+
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None:
             return
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
-            self.best = value
+            self.best = float(value)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.model_to_save.save(self.path)
+            self._record.write_text(json.dumps({self.monitor: self.best}))
 
 
 def build_callbacks(config: CallbacksConfig, run_dir: Path, stage_index: int, full_model, monitor: str):

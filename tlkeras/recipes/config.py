@@ -16,6 +16,7 @@ Example recipe:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -149,12 +150,13 @@ class Recipe:
 def parse_recipe(raw: dict[str, Any], overrides: list[str] = (), base_dir: Path | None = None) -> Recipe:
     """Validates a recipe mapping, after applying `--set key.sub=value` overrides.
 
-    Relative data paths are resolved against `base_dir` (the recipe file's folder).
+    Relative paths (data, output_dir, export.base_dir) are resolved against `base_dir`, the recipe
+    file's folder, so a recipe runs the same from any working directory.
 
     Example:
     >>> parse_recipe({"backbone": "minilm_l6_v2", "data": {"train": "t.csv"}}, ["schedule.epochs=3"])
     """
-    raw = dict(raw or {})
+    raw = copy.deepcopy(dict(raw or {}))  # overrides write into nested sections: keep the caller's intact
     for override in overrides:
         _apply_override(raw, override)
     recipe = from_dict(Recipe, raw)
@@ -164,11 +166,17 @@ def parse_recipe(raw: dict[str, Any], overrides: list[str] = (), base_dir: Path 
         raise SchemaError("the recipe needs 'data.train': an image folder or a CSV/Parquet file")
     if not 0.0 <= recipe.data.validation_split < 1.0:
         raise SchemaError(f"'data.validation_split' is in [0, 1). Received: {recipe.data.validation_split}")
+    if recipe.callbacks.reduce_on_plateau and recipe.schedule.lr_schedule != "constant":
+        # Keras cannot change a scheduled learning rate: the first plateau would end the run.
+        raise SchemaError("callbacks.reduce_on_plateau needs schedule.lr_schedule: constant; drop one of them. "
+                          f"Received: lr_schedule={recipe.schedule.lr_schedule!r}")
     if base_dir is not None:
+        resolve = lambda value: value if not value or Path(value).is_absolute() else str((base_dir / value).resolve())  # noqa: E731
         for key in ("train", "validation", "test"):
-            value = getattr(recipe.data, key)
-            if value and not Path(value).is_absolute():
-                setattr(recipe.data, key, str((base_dir / value).resolve()))
+            setattr(recipe.data, key, resolve(getattr(recipe.data, key)))
+        recipe.output_dir = resolve(recipe.output_dir)
+        if recipe.export:
+            recipe.export.base_dir = resolve(recipe.export.base_dir)
     return recipe
 
 
@@ -195,7 +203,9 @@ def _apply_override(raw: dict, override: str) -> None:
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section in the YAML ("head:")
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise SchemaError(f"--set {key}: '{part}' is not a section")
     node[parts[-1]] = value

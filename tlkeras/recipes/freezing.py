@@ -86,8 +86,12 @@ def _select(backbone, layers, unfreeze: Unfreeze, group_prefixes, unit) -> set[i
         return chosen
     if unfreeze < 0:
         raise TlkerasError(f"unfreeze counts layers or groups from the top, so it is >= 0. Received: {unfreeze}")
-    units = [[layer] for layer in layers] if unit == "layers" else group_layers(backbone, group_prefixes)
-    top = units[len(units) - unfreeze:] if unfreeze else []
+    if unit == "layers":
+        # Frozen BN layers never train, so counting them would unfreeze fewer layers than asked.
+        units = [[layer] for layer in layers if not isinstance(layer, keras.layers.BatchNormalization)]
+    else:
+        units = group_layers(backbone, group_prefixes)
+    top = units[max(0, len(units) - unfreeze):] if unfreeze else []
     return {id(layer) for group in top for layer in group}
 
 

@@ -6,7 +6,7 @@ A run directory holds:
     data_fingerprint.txt   hash of the training data
     history.csv            one row per epoch, across stages (CSVLogger)
     tensorboard/           TensorBoard logs
-    checkpoints/best.keras the best model by validation loss
+    checkpoints/best.keras the best model by validation loss, across stages (its value in best.json)
     model.keras            the final model (float RGB pixels in [0, 255], or token dict -> outputs)
     metrics.json, *.png, report.html   the evaluation (see `evaluation.py`)
     state.json             stages finished, for --resume
@@ -120,6 +120,9 @@ class Trainer:
                                    head_cfg.dropout, head_cfg.activation)
             self.model = keras.Model(self.backbone.inputs, self.head(self.backbone.output),
                                      name=f"{self.recipe.backbone}_{self.recipe.task}")
+            # The same layers, never compiled: model.keras and best.keras then load with only the backbones'
+            # custom layers registered, not the training optimizer and schedule of tlkeras.recipes.
+            self.inference_model = keras.Model(self.model.input, self.model.output, name=self.model.name)
         self.tokenizer = None
         if self.entry.domain == "text":
             self.tokenizer = backbones.load_tokenizer(self.recipe.backbone, self.sequence_length)
@@ -290,17 +293,18 @@ class Trainer:
             total = max(1, steps * stage.epochs)
             lr = WarmupSchedule(lr, total, int(total * schedule.warmup_fraction), kind=schedule.lr_schedule)
         backbone_vars = self.backbone.trainable_variables if model is self.model else []
-        optimizer = make_optimizer(schedule.optimizer, lr, schedule.weight_decay, backbone_vars,
-                                   schedule.backbone_lr_multiplier)
         loss, metrics = loss_and_metrics(self.recipe.task, schedule.label_smoothing, one_hot=self.mixes_labels)
+        # The optimizer creates variables when constructed: under a strategy they must be made in its scope.
         with self.strategy.scope():
+            optimizer = make_optimizer(schedule.optimizer, lr, schedule.weight_decay, backbone_vars,
+                                       schedule.backbone_lr_multiplier)
             model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
     def _callbacks(self, stage_index: int, has_validation: bool):
         from tlkeras.recipes.callbacks import build_callbacks
 
         monitor = "val_loss" if has_validation else "loss"
-        return build_callbacks(self.recipe.callbacks, self.run_dir, stage_index, self.model, monitor)
+        return build_callbacks(self.recipe.callbacks, self.run_dir, stage_index, self.inference_model, monitor)
 
     def _state(self) -> dict:
         return json.loads((self.run_dir / "state.json").read_text())
@@ -346,7 +350,7 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
     trainer = Trainer(recipe, resume=resume, verbose=verbose)
     trainer.prepare()
     history = trainer.fit()
-    trainer.model.save(trainer.run_dir / "model.keras")
+    trainer.inference_model.save(trainer.run_dir / "model.keras")
     seconds = time.perf_counter() - start
     metrics = trainer.evaluate(seconds)
     return RunResult(trainer.run_dir, metrics, history, seconds)
