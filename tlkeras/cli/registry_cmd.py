@@ -127,17 +127,19 @@ def _print_table(frame) -> None:
     for column in frame.columns:
         table.add_column(column, justify="right" if frame[column].dtype.kind in "if" else "left")
     for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v) for v in row))
+        table.add_row(*(_cell(column, value) for column, value in zip(frame.columns, row)))
     console = Console(width=None if Console().is_terminal else 160)
     console.print(table)
     console.print(f"{len(frame)} backbones")
 
 
-def _cell(value) -> str:
+def _cell(column: str, value) -> str:
     if value is None or value != value:  # None or NaN
         return ""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1000:
+    if column == "params":
         return f"{value / 1e6:.1f}M"
-    if isinstance(value, float):
+    if column == "accuracy":
         return f"{value:.3f}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
