@@ -82,9 +82,11 @@ def _text_extractor(entry, network: keras.Model) -> keras.Model:
     if entry.source == "tf_hub":
         return network  # string in, embedding out
     names = list(network.input) if isinstance(network.input, dict) else ["token_ids", "padding_mask"]
+    if isinstance(network.output, dict):
+        # Keep only the token vectors: a pooler head left in the graph would get no gradients.
+        network = keras.Model(network.input, network.output["sequence_output"], name=network.name)
     inputs = {key: keras.Input(shape=(None,), dtype="int32", name=key) for key in names}
-    outputs = network(inputs)
-    sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+    sequence = network(inputs)
     pooling = TEXT_POOLING.get(entry.pooling, TEXT_POOLING["cls"])(name="pool")
     return keras.Model(inputs, pooling(sequence, inputs["padding_mask"]), name=entry.name)
 
@@ -126,8 +128,10 @@ def flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
 def group_layers(model: keras.Model, prefixes: Sequence[str]) -> list[list[keras.layers.Layer]]:
     """Splits a backbone's weighted layers into groups by name prefix, from input to output.
 
-    A layer joins the group whose prefix is the longest one its name starts with. With no prefixes, each weighted
-    layer is its own group. Layers matching no prefix join the group before them, so nothing is lost.
+    Prefixes are boundaries: a group starts at the first layer whose name starts with its prefix (the
+    longest matching prefix wins), and groups never go back down, so each group is a contiguous run of
+    layers. Layers matching no prefix, or an earlier one, stay in the current group, so nothing is lost.
+    With no prefixes, each weighted layer is its own group.
 
     Example:
     >>> groups = group_layers(backbone, ["stem", "block1", "block2", "top"])
@@ -141,6 +145,6 @@ def group_layers(model: keras.Model, prefixes: Sequence[str]) -> list[list[keras
     for layer in weighted:
         matches = [i for i, prefix in enumerate(prefixes) if layer.name.startswith(prefix)]
         if matches:
-            current = max(matches, key=lambda i: len(prefixes[i]))
+            current = max(current, max(matches, key=lambda i: len(prefixes[i])))
         groups[current].append(layer)
     return groups

@@ -105,7 +105,8 @@ def local_file(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
             "re-register it with `tlkeras registry add`"
         )
     if entry.weights_format == "keras":
-        return keras.models.load_model(path)
+        model = keras.models.load_model(path)
+        return model if weights else keras.models.clone_model(model)  # clone: same layers, fresh weights
     if entry.weights_format == "saved_model":
         return tf_hub_module(dataclasses.replace(entry, handle=str(path)), weights, image_size)
     if entry.weights_format == "keras_h5":

@@ -17,6 +17,7 @@ Example recipe:
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -180,13 +181,22 @@ def parse_recipe(raw: dict[str, Any], overrides: list[str] = (), base_dir: Path 
     return recipe
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` (no dot, or no exponent sign) as a string; in a recipe it is a float."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Reads and validates a recipe YAML file; errors name the file and the key."""
     path = Path(path)
     if not path.exists():
         raise SchemaError(f"recipe file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_RecipeLoader)
     except yaml.YAMLError as err:
         raise SchemaError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     try:
@@ -199,7 +209,7 @@ def _apply_override(raw: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise SchemaError(f"--set takes key=value, e.g. schedule.epochs=3. Received: {override!r}")
-    value = yaml.safe_load(text)
+    value = yaml.load(text, Loader=_RecipeLoader)
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

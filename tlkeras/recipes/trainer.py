@@ -272,8 +272,9 @@ class Trainer:
         entry = self.entry
         key = feature_cache.cache_key(
             backbone=entry.name, weights=self.recipe.backbone_weights, source=entry.source,
-            handle=entry.handle, package_sha256=entry.package_sha256, pixel_mean=entry.pixel_mean,
-            pixel_std=entry.pixel_std, channel_order=entry.channel_order, pooling=entry.pooling,
+            handle=entry.handle, package_sha256=entry.package_sha256, weights_sha256=entry.weights_sha256,
+            pixel_mean=entry.pixel_mean, pixel_std=entry.pixel_std, channel_order=entry.channel_order,
+            pooling=entry.pooling,
             image_size=self.image_size if entry.domain == "image" else None,
             sequence_length=self.sequence_length if entry.domain == "text" else None,
             data=data_lib.fingerprint(examples), seed=self.recipe.seed if self.recipe.backbone_weights == "random" else 0,
