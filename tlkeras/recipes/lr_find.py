@@ -61,7 +61,7 @@ def lr_find(trainer, out_dir: Path, start: float = 1e-6, end: float = 1.0, steps
     stage = trainer.stages()[0]
     batch_size = trainer.recipe.data.batch_size
     if trainer.uses_feature_cache():
-        model = trainer.head
+        model = trainer.head_on_features
         pairs = (trainer.cached_features(trainer.splits.train), trainer._targets(trainer.splits.train))
         data = tf.data.Dataset.from_tensor_slices(pairs).shuffle(len(pairs[0])).batch(batch_size)
     else:

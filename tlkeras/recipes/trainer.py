@@ -123,6 +123,9 @@ class Trainer:
             # The same layers, never compiled: model.keras and best.keras then load with only the backbones'
             # custom layers registered, not the training optimizer and schedule of tlkeras.recipes.
             self.inference_model = keras.Model(self.model.input, self.model.output, name=self.model.name)
+            # Likewise the head trains on cached features through its own twin, so the head nested in
+            # the saved models is never compiled.
+            self.head_on_features = keras.Model(self.head.input, self.head.output, name="head_on_features")
         self.tokenizer = None
         if self.entry.domain == "text":
             self.tokenizer = backbones.load_tokenizer(self.recipe.backbone, self.sequence_length)
@@ -256,9 +259,9 @@ class Trainer:
         val = None
         if self.splits.validation:
             val = (self.cached_features(self.splits.validation), self._targets(self.splits.validation))
-        self._compile(self.head, stage, steps=_steps(len(self.splits.train), self.recipe.data.batch_size))
+        self._compile(self.head_on_features, stage, steps=_steps(len(self.splits.train), self.recipe.data.batch_size))
         log.info("training the head on cached features of %d examples", len(train_x))
-        result = self.head.fit(train_x, self._targets(self.splits.train), validation_data=val,
+        result = self.head_on_features.fit(train_x, self._targets(self.splits.train), validation_data=val,
                                batch_size=self.recipe.data.batch_size, epochs=stage.epochs, shuffle=True,
                                verbose=self.verbose, callbacks=self._callbacks(0, val is not None))
         _merge(history, result.history)
@@ -384,16 +387,17 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Pa
     import keras
 
     import tlkeras.backbones  # noqa: F401 - registers the custom layers model.keras uses
-    from tlkeras.recipes.config import load_recipe
+    from tlkeras.recipes.config import parse_recipe
 
     run_dir = Path(run_dir)
     if not (run_dir / "model.keras").exists():
         raise TlkerasError(f"{run_dir} has no model.keras: pass the directory of a finished `tlkeras train` run")
-    recipe = load_recipe(run_dir / "config.yaml")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    input_spec = config.pop("input")  # written by the trainer beside the recipe's own keys
+    recipe = parse_recipe(config)
     data = data or recipe.data.test or recipe.data.validation
     if not data:
         raise TlkerasError("the run's recipe has no test data: pass --data FOLDER_OR_TABLE")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     labels = json.loads((run_dir / "labels.json").read_text())
     entry = registry.get(recipe.backbone)
     cfg = recipe.data
@@ -401,11 +405,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Pa
                                       text_column=cfg.text_column, label_column=cfg.label_column,
                                       label_separator=cfg.label_separator, labels=labels or None)
     if entry.domain == "image":
-        dataset = data_lib.image_dataset(examples.inputs, None, config["input"]["image_size"], cfg.batch_size)
+        dataset = data_lib.image_dataset(examples.inputs, None, input_spec["image_size"], cfg.batch_size)
     else:
         from tlkeras.backbones import load_tokenizer
 
-        tokenizer = load_tokenizer(recipe.backbone, config["input"]["sequence_length"])
+        tokenizer = load_tokenizer(recipe.backbone, input_spec["sequence_length"])
         dataset = data_lib.text_dataset(examples.inputs, None, cfg.batch_size, preprocessor=tokenizer)
     model = keras.models.load_model(run_dir / "model.keras")
     scores = np.asarray(model.predict(dataset, verbose=0))
