@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from conftest import TINY_CNN
+
 from tlkeras.recipes.lr_find import suggest_learning_rate
 
 pytestmark = pytest.mark.usefixtures("tlkeras_env")

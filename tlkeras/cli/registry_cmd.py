@@ -127,7 +127,7 @@ def _print_table(frame) -> None:
     for column in frame.columns:
         table.add_column(column, justify="right" if frame[column].dtype.kind in "if" else "left")
     for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(column, value) for column, value in zip(frame.columns, row)))
+        table.add_row(*(_cell(column, value) for column, value in zip(frame.columns, row, strict=True)))
     console = Console(width=None if Console().is_terminal else 160)
     console.print(table)
     console.print(f"{len(frame)} backbones")
