@@ -6,6 +6,7 @@ Both the backbone catalog and recipes are plain dataclasses; this module is thei
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any
@@ -65,6 +66,12 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    # get_type_hints evaluates every annotation: far too slow to repeat for each catalog entry.
+    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def from_dict(cls: type, raw: Any, where: str = ""):
     """Builds dataclass `cls` from a mapping; unknown keys get a "did you mean".
 
@@ -77,8 +84,7 @@ def from_dict(cls: type, raw: Any, where: str = ""):
         raw = {}
     if not isinstance(raw, dict):
         raise SchemaError(f"'{where or cls.__name__}' must be a mapping. Received: {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    hints, fields = _fields(cls)
     values = {}
     for key, value in raw.items():
         if key not in fields:

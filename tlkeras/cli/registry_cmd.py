@@ -41,19 +41,17 @@ def registry_group():
 def list_cmd(domain, task, source, max_params, min_accuracy, license_, offline, search, name, sort,
              ascending, limit, fmt, registry_dirs):
     """List backbones, filtered and sorted."""
-    frame = registry.list_backbones(
+    entries = registry.find_backbones(
         domain=domain, task=task, source=source, max_params=max_params, min_accuracy=min_accuracy,
         license=license_, offline=offline, search=search, name=name, sort=sort, ascending=ascending,
         extra_dirs=registry_dirs,
-    )
-    if limit:
-        frame = frame.head(limit)
+    )[:limit]
     if fmt == "json":
-        click.echo(json.dumps(_records(frame[JSON_COLUMNS]), indent=1))
+        click.echo(json.dumps([{key: getattr(e, key) for key in JSON_COLUMNS} for e in entries], indent=1))
     elif fmt == "csv":
-        click.echo(frame.to_csv(index=False), nl=False)
+        _print_csv(entries)
     else:
-        _print_table(frame[TABLE_COLUMNS])
+        _print_table(entries)
 
 
 @registry_group.command("show")
@@ -115,31 +113,36 @@ def fetch(names, all_offline, wheel, force, registry_dirs):
         click.echo(f"{name}: {location}")
 
 
-def _records(frame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records"))
+def _print_csv(entries) -> None:
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout)
+    writer.writerow(registry.BackboneEntry.__dataclass_fields__)
+    for entry in entries:
+        writer.writerow(["|".join(map(str, v)) if isinstance(v, tuple) else v for v in entry.to_dict().values()])
 
 
-def _print_table(frame) -> None:
+def _print_table(entries) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(show_lines=False)
-    for column in frame.columns:
-        table.add_column(column, justify="right" if frame[column].dtype.kind in "if" else "left")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(column, value) for column, value in zip(frame.columns, row, strict=True)))
+    numeric = {"params", "accuracy", "feature_dim"}
+    for column in TABLE_COLUMNS:
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for entry in entries:
+        table.add_row(*(_cell(column, getattr(entry, column)) for column in TABLE_COLUMNS))
     console = Console(width=None if Console().is_terminal else 160)
     console.print(table)
-    console.print(f"{len(frame)} backbones")
+    console.print(f"{len(entries)} backbones")
 
 
 def _cell(column: str, value) -> str:
-    if value is None or value != value:  # None or NaN
+    if value is None:
         return ""
     if column == "params":
         return f"{value / 1e6:.1f}M"
     if column == "accuracy":
         return f"{value:.3f}"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
     return str(value)

@@ -29,7 +29,7 @@ import yaml
 
 from tlkeras import paths
 from tlkeras.errors import TlkerasError
-from tlkeras.registry.entry import BackboneEntry, CatalogError, validate_entry
+from tlkeras.registry.entry import BackboneEntry, CatalogError, field_names, validate_entry
 from tlkeras.suggest import did_you_mean
 
 ENV_PATH = "TLKERAS_REGISTRY_PATH"
@@ -155,7 +155,7 @@ def get(name: str, extra_dirs: Sequence[str | os.PathLike] = ()) -> BackboneEntr
     return load_catalog(extra_dirs).get(name)
 
 
-def list_backbones(
+def find_backbones(
     domain: str | None = None,
     task: str | None = None,
     max_params: float | None = None,
@@ -168,8 +168,8 @@ def list_backbones(
     sort: str | None = None,
     ascending: bool | None = None,
     extra_dirs: Sequence[str | os.PathLike] = (),
-):
-    """Filters and sorts the catalog.
+) -> list[BackboneEntry]:
+    """Filters and sorts the catalog; plain Python, so the CLI needs no pandas.
 
     Args:
         domain: str. "image", "text" or "audio". Defaults to all.
@@ -181,43 +181,47 @@ def list_backbones(
         source: str. One of the source kinds, e.g. "keras_hub".
         search: str. Case-insensitive text searched in name, family, description and pretrain data.
         name: str. An fnmatch pattern on the name, e.g. "resnet*".
-        sort: str. A column to sort by. Numbers sort descending, text ascending, unless `ascending`.
+        sort: str. A field to sort by. Numbers sort descending, text ascending, unless `ascending`;
+            entries without a value come last.
         ascending: bool. Overrides the sort direction.
         extra_dirs: list of extra catalog directories.
 
-    Returns:
-        A pandas DataFrame, one row per entry and one column per `BackboneEntry` field.
+    Example:
+    >>> [e.name for e in find_backbones(domain="text", offline=True)]
+    ['minilm_l6_v2']
+    """
+    checks = [
+        (domain, lambda e: e.domain == domain),
+        (task, lambda e: task in e.tasks),
+        (max_params, lambda e: e.params is not None and e.params <= max_params),
+        (min_accuracy, lambda e: e.accuracy is not None and e.accuracy >= min_accuracy),
+        (license, lambda e: license.lower() in e.license.lower()),
+        (offline, lambda e: e.offline == offline),
+        (source, lambda e: e.source == source),
+        (search, lambda e: search.lower() in f"{e.name} {e.family} {e.description} {e.pretrain_data}".lower()),
+        (name, lambda e: fnmatch.fnmatch(e.name, name)),
+    ]
+    active = [check for value, check in checks if value is not None and value != ""]
+    entries = [e for e in load_catalog(extra_dirs).entries.values() if all(check(e) for check in active)]
+    if not sort:
+        return entries
+    if sort not in field_names():
+        raise CatalogError(f"cannot sort by '{sort}'{did_you_mean(sort, field_names())}")
+    present = [e for e in entries if getattr(e, sort) is not None]
+    numeric = all(isinstance(getattr(e, sort), (int, float)) for e in present)
+    present.sort(key=lambda e: getattr(e, sort), reverse=not (ascending if ascending is not None else not numeric))
+    return present + [e for e in entries if getattr(e, sort) is None]
+
+
+def list_backbones(**filters):
+    """The catalog as a pandas DataFrame, filtered and sorted: one row per entry, one column per
+    `BackboneEntry` field. Takes the arguments of `find_backbones`.
 
     Example:
     >>> df = list_backbones(domain="image", max_params=5e6, sort="accuracy")
     >>> df[["name", "params", "accuracy"]].head()
     """
-    frame = load_catalog(extra_dirs).frame()
-    keep = frame["name"].notna()
-    if domain:
-        keep &= frame["domain"] == domain
-    if task:
-        keep &= frame["tasks"].map(lambda tasks: task in tasks)
-    if max_params is not None:
-        keep &= frame["params"].notna() & (frame["params"] <= max_params)
-    if min_accuracy is not None:
-        keep &= frame["accuracy"].notna() & (frame["accuracy"] >= min_accuracy)
-    if license:
-        keep &= frame["license"].str.contains(license, case=False, regex=False)
-    if offline is not None:
-        keep &= frame["offline"] == offline
-    if source:
-        keep &= frame["source"] == source
-    if search:
-        text = frame["name"] + " " + frame["family"] + " " + frame["description"] + " " + frame["pretrain_data"]
-        keep &= text.str.contains(search, case=False, regex=False)
-    if name:
-        keep &= frame["name"].map(lambda n: fnmatch.fnmatch(n, name))
-    frame = frame[keep]
-    if sort:
-        if sort not in frame.columns:
-            raise CatalogError(f"cannot sort by '{sort}'{did_you_mean(sort, frame.columns)}")
-        numeric = frame[sort].dtype.kind in "if"
-        frame = frame.sort_values(sort, ascending=(not numeric) if ascending is None else ascending,
-                                  na_position="last", kind="stable")
-    return frame.reset_index(drop=True)
+    import pandas as pd
+
+    entries = find_backbones(**filters)
+    return pd.DataFrame([e.to_dict() for e in entries], columns=field_names())

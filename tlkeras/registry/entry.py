@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,14 +78,15 @@ class BackboneEntry:
     layer_groups: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in field_names()}
 
 
 _CHOICES = {"source": SOURCES, "domain": DOMAINS}
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(BackboneEntry)]
+@functools.cache
+def field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(BackboneEntry))
 
 
 def validate_entry(raw: dict[str, Any]) -> BackboneEntry:
