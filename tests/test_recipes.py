@@ -414,24 +414,32 @@ def test_run_directory_holds_every_artifact_and_a_reloadable_model(colour_folder
 
 
 def test_best_checkpoint_is_not_replaced_by_a_worse_later_stage(tmp_path):
-    saved = []
-
-    class Recorder:
-        def save(self, path):
-            saved.append(path)
-
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     path = tmp_path / "checkpoints" / "best.keras"
-    first_stage = BestModelCheckpoint(Recorder(), path)
+
+    def epoch(callback, index, val_loss, weight):
+        model.layers[0].kernel.assign([[weight]])  # stands for what that epoch learned
+        callback.on_epoch_end(index, {"val_loss": val_loss})
+
+    def saved_weight():
+        return float(keras.models.load_model(path).layers[0].kernel.numpy()[0, 0])
+
+    first_stage = BestModelCheckpoint(model, path)
     first_stage.on_train_begin()
-    first_stage.on_epoch_end(0, {"val_loss": 1.0})
-    first_stage.on_epoch_end(1, {"val_loss": 0.5})
-    assert len(saved) == 2
-    second_stage = BestModelCheckpoint(Recorder(), path)  # each stage (and a resumed run) builds a new one
+    epoch(first_stage, 0, 1.0, 1.0)
+    epoch(first_stage, 1, 0.5, 2.0)
+    epoch(first_stage, 2, 0.7, 3.0)
+    first_stage.on_train_end()
+    assert saved_weight() == 2.0
+    assert float(model.layers[0].kernel.numpy()[0, 0]) == 3.0, "saving the best must not change the model"
+    second_stage = BestModelCheckpoint(model, path)  # each stage (and a resumed run) builds a new one
     second_stage.on_train_begin()
-    second_stage.on_epoch_end(2, {"val_loss": 0.8})
-    assert len(saved) == 2
-    second_stage.on_epoch_end(3, {"val_loss": 0.4})
-    assert len(saved) == 3
+    epoch(second_stage, 3, 0.8, 4.0)
+    second_stage.on_train_end()
+    assert saved_weight() == 2.0
+    epoch(second_stage, 4, 0.4, 5.0)
+    second_stage.on_train_end()
+    assert saved_weight() == 5.0
 
 
 @pytest.mark.parametrize("task, overrides, outputs, metric", [

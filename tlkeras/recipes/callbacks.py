@@ -11,10 +11,11 @@ from tlkeras.recipes.config import CallbacksConfig
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
-    """Saves `model_to_save` whenever `monitor` improves.
+    """Keeps the best `model_to_save` by `monitor` as a `.keras` file.
 
     Unlike `keras.callbacks.ModelCheckpoint`, the model saved need not be the one being fitted: when
     the head trains on cached features, the checkpoint is still the whole backbone + head model.
+    Each improvement saves only the weights (cheap); the `.keras` file is written once, when `fit` ends.
 
     Args:
         model_to_save: keras.Model. Shares its head layers with the model being fitted.
@@ -39,6 +40,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def _record(self) -> Path:
         return self.path.with_suffix(".json")
 
+    @property
+    def _weights(self) -> Path:
+        return self.path.with_suffix(".weights.h5")
+
     def on_train_begin(self, logs=None):
         # A run fits once per stage, and may be resumed: start from the best value saved so far, so a
         # later stage only replaces the checkpoint with a better model.
@@ -52,8 +57,18 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best = float(value)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.model_to_save.save(self.path)
+            self.model_to_save.save_weights(self._weights)
             self._record.write_text(json.dumps({self.monitor: self.best}))
+            self._improved = True
+
+    def on_train_end(self, logs=None):
+        if not getattr(self, "_improved", False):
+            return
+        current = self.model_to_save.get_weights()
+        self.model_to_save.load_weights(self._weights)
+        self.model_to_save.save(self.path)
+        self.model_to_save.set_weights(current)
+        self._improved = False
 
 
 def build_callbacks(config: CallbacksConfig, run_dir: Path, stage_index: int, full_model, monitor: str):
