@@ -393,6 +393,8 @@ def test_run_directory_holds_every_artifact_and_a_reloadable_model(colour_folder
                  "metrics.json", "confusion_matrix.png", "roc.png", "report.html"]:
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").rglob("*tfevents*"))
+    assert "stage 0: 2 epochs" in (run / "train.log").read_text()
+    assert not (run / "backup").exists(), "empty BackupAndRestore folders were left behind"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["input"] == {"kind": "image", "image_size": [32, 32]}
     assert config["backbone"] == TINY_CNN and config["schedule"]["strategy"] == "fine_tuning"

@@ -4,6 +4,7 @@ A run directory holds:
     config.yaml            the resolved recipe, plus the input spec export needs
     labels.json            class names in output order
     data_fingerprint.txt   hash of the training data
+    train.log              what the run did, stage by stage
     history.csv            one row per epoch, across stages (CSVLogger)
     tensorboard/           TensorBoard logs
     checkpoints/best.keras the best model by validation loss, across stages (its value in best.json)
@@ -14,6 +15,7 @@ A run directory holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -353,11 +355,38 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
     start = time.perf_counter()
     trainer = Trainer(recipe, resume=resume, verbose=verbose)
     trainer.prepare()
-    history = trainer.fit()
-    trainer.inference_model.save(trainer.run_dir / "model.keras")
-    seconds = time.perf_counter() - start
-    metrics = trainer.evaluate(seconds)
+    with _run_log(trainer.run_dir / "train.log"):
+        log.info("training %s on %d examples (%s)", recipe.backbone, len(trainer.splits.train),
+                 recipe.schedule.strategy)
+        history = trainer.fit()
+        trainer.inference_model.save(trainer.run_dir / "model.keras")
+        seconds = time.perf_counter() - start
+        metrics = trainer.evaluate(seconds)
+        log.info("done in %.1f s; metrics in %s", seconds, trainer.run_dir / "metrics.json")
+    _remove_empty_dirs(trainer.run_dir / "backup")  # BackupAndRestore empties its folders on success
     return RunResult(trainer.run_dir, metrics, history, seconds)
+
+
+@contextlib.contextmanager
+def _run_log(path: Path):
+    """Copies tlkeras's log messages into the run directory while a run lasts."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        handler.close()
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    for directory in sorted(root.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
 
 
 def _n_targets(examples) -> int:
