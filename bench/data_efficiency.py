@@ -1,0 +1,179 @@
+"""Accuracy against labels per class: pre-trained features vs fine-tuning vs the same network from scratch.
+
+Fashion-MNIST: EfficientNet-Lite0 through tlkeras recipes.
+- feature extraction: frozen ImageNet backbone at 224 px (features cached; the test features are computed
+  once and shared by every run, since all runs read the same test folder), linear head, 30 epochs;
+- fine-tuned: `fine_tuning` strategy (whole backbone, 0.1x learning rate, BN statistics frozen) at 64 px;
+- scratch: the same architecture with `backbone_weights: random`, `weight_init` strategy (BN trains) at 64 px.
+Fine-tuned and scratch runs use 64 px to fit the time budget; they see a fixed budget of image-passes
+(epochs shrink as the training set grows). Tested on the first `test_size` t10k images, 3 seeds.
+
+Rotten Tomatoes: MiniLM-L6 mean-pooled embeddings + MLP head through a tlkeras recipe vs a hand-written
+from-scratch bag-of-embeddings model (TextVectorization + Embedding + average pooling), on a fixed
+2,000-review test set, 3 seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+NAME = "data_efficiency"
+TARGET = ("Lite0 feature extraction >= scratch + 20 points at 10 labels/class (Fashion-MNIST); "
+          "MiniLM feature extraction >= 75% at 32/class (Rotten Tomatoes)")
+NO_CALLBACKS = {"checkpoint": False, "backup": False, "tensorboard": False, "progress": False}
+
+
+def settings(quick: bool) -> dict:
+    if quick:  # one size, one seed, tiny images: the same code paths in well under a minute
+        return dict(image_per_class=(1,), text_per_class=(2,), seeds=(0,), test_size=20, text_test=20,
+                    fe_size=64, train_size=32, passes=20, fe_epochs=2, text_epochs=2)
+    return dict(image_per_class=(1, 5, 10, 50), text_per_class=(8, 32, 128), seeds=(0, 1, 2), test_size=1000,
+                text_test=2000, fe_size=224, train_size=64, passes=1000, fe_epochs=30, text_epochs=60)
+
+
+def run(quick: bool, workdir) -> dict:
+    cfg = settings(quick)
+    start = time.perf_counter()
+    image = _fashion(cfg, workdir)
+    image_seconds = time.perf_counter() - start
+    text = _rotten(cfg, workdir)
+    key = "10" if "10" in image else next(iter(image))  # quick mode has no 10/class row
+    tkey = "32" if "32" in text else next(iter(text))
+    fe10 = image.get(key, {}).get("feature_extraction", {}).get("mean")
+    sc10 = image.get(key, {}).get("scratch", {}).get("mean")
+    minilm32 = text.get(tkey, {}).get("minilm_feature_extraction", {}).get("mean")
+    met = None
+    if not quick and fe10 is not None and minilm32 is not None:  # quick sizes say nothing about the target
+        met = fe10 >= sc10 + 0.20 and minilm32 >= 0.75
+    gap = f"{100 * (fe10 - sc10):+.1f} points" if fe10 is not None else "n/a"
+    return {
+        "figures": {"fashion_mnist_accuracy": image, "rotten_tomatoes_accuracy": text,
+                    "fashion_mnist_seconds": round(image_seconds, 1),
+                    **{k: v for k, v in cfg.items()}},
+        "met": met,
+        "summary": (f"Fashion-MNIST {key}/class: Lite0 features {_fmt(image, key, 'feature_extraction')}, "
+                    f"fine-tuned {_fmt(image, key, 'fine_tuned')}, scratch {_fmt(image, key, 'scratch')} "
+                    f"({gap}); Rotten Tomatoes {tkey}/class: MiniLM {_fmt(text, tkey, 'minilm_feature_extraction')}, "
+                    f"scratch {_fmt(text, tkey, 'scratch_bag_of_embeddings')}"),
+        "cause": _cause(text, tkey, fe10, sc10, minilm32),
+    }
+
+
+def _cause(text, tkey, fe10, sc10, minilm32) -> str:
+    parts = []
+    if fe10 is not None and fe10 < sc10 + 0.20:
+        parts.append(f"at 10 labels/class Lite0 features lead the from-scratch network by {100 * (fe10 - sc10):.1f} "
+                     "points, not 20: the scratch baseline is a real training run (BN trains, fixed pass budget), "
+                     "and Fashion-MNIST's centred grey items are easy enough that it learns a usable model "
+                     "(FACTS: a small CNN from scratch reaches 74.1% vs 79.0% for a Lite0 probe)")
+    if minilm32 is not None and minilm32 < 0.75:
+        parts.append(f"MiniLM features at {tkey} labels/class reach {_fmt(text, tkey, 'minilm_feature_extraction')}: "
+                     "all-MiniLM-L6-v2 is trained for semantic similarity, not sentiment, and its embeddings "
+                     "separate fresh from rotten weakly (FACTS: a logistic-regression probe on the same "
+                     "embeddings gives 65.5 +/- 0.7%); a head on frozen features cannot add what they lack")
+    return "; ".join(parts)
+
+
+def _fmt(table, size, method) -> str:
+    cell = table.get(size, {}).get(method)
+    return f"{100 * cell['mean']:.1f} +/- {100 * cell['std']:.1f}%" if cell else "n/a"
+
+
+def _summary(values) -> dict:
+    return {"mean": round(statistics.mean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "runs": [round(v, 4) for v in values]}
+
+
+def _fashion(cfg, workdir) -> dict:
+    from tlkeras.datasets import fashion_mnist
+    from tlkeras.recipes.config import parse_recipe
+    from tlkeras.recipes.trainer import train
+
+    test = fashion_mnist(workdir / "data_eff" / "test", train_per_class=1, test_size=cfg["test_size"])["test"]
+    table = {}
+    for per_class in cfg["image_per_class"]:
+        scores = {"feature_extraction": [], "fine_tuned": [], "scratch": []}
+        n_train = per_class * 10
+        epochs = max(3, min(40, math.ceil(cfg["passes"] / n_train)))
+        for seed in cfg["seeds"]:
+            train_dir = fashion_mnist(workdir / "data_eff" / f"train_{per_class}_{seed}", train_per_class=per_class,
+                                      test_size=1, seed=seed)["train"]
+            base = {"backbone": "efficientnet_lite0_imagenet", "seed": seed, "callbacks": NO_CALLBACKS,
+                    "data": {"train": str(train_dir), "test": str(test), "batch_size": 32}}
+            variants = {
+                "feature_extraction": {
+                    "data": {**base["data"], "image_size": [cfg["fe_size"]] * 2},
+                    "schedule": {"strategy": "feature_extraction", "epochs": cfg["fe_epochs"],
+                                 "learning_rate": 3e-3}},
+                "fine_tuned": {
+                    "data": {**base["data"], "image_size": [cfg["train_size"]] * 2},
+                    "schedule": {"strategy": "fine_tuning", "epochs": epochs, "learning_rate": 1e-3,
+                                 "backbone_lr_multiplier": 0.1}},
+                "scratch": {
+                    "backbone_weights": "random",
+                    "data": {**base["data"], "image_size": [cfg["train_size"]] * 2},
+                    "schedule": {"strategy": "weight_init", "epochs": epochs, "learning_rate": 1e-3,
+                                 "backbone_lr_multiplier": 1.0}},
+            }
+            for method, extra in variants.items():
+                raw = {**base, **extra, "output_dir": str(workdir / "runs" / f"eff_{method}_{per_class}_{seed}")}
+                scores[method].append(float(train(parse_recipe(raw), verbose=0).metrics["accuracy"]))
+        table[str(per_class)] = {m: _summary(v) for m, v in scores.items()}
+        table[str(per_class)]["epochs_fine_tuned_and_scratch"] = epochs
+        print(f"[bench] data_efficiency fashion {per_class}/class: {table[str(per_class)]}", flush=True)
+    return table
+
+
+def _rotten(cfg, workdir) -> dict:
+    from tlkeras.datasets import rotten_tomatoes
+    from tlkeras.recipes.config import parse_recipe
+    from tlkeras.recipes.trainer import train
+
+    table = {}
+    for per_class in cfg["text_per_class"]:
+        scores = {"minilm_feature_extraction": [], "scratch_bag_of_embeddings": []}
+        for seed in cfg["seeds"]:
+            data = rotten_tomatoes(workdir / "data_eff" / f"rt_{per_class}_{seed}", train_per_class=per_class,
+                                   test_size=cfg["text_test"], seed=seed)
+            raw = {"backbone": "minilm_l6_v2", "seed": seed, "callbacks": NO_CALLBACKS,
+                   "data": {"train": str(data["train"]), "test": str(data["test"]), "text_column": "text",
+                            "label_column": "label", "sequence_length": 128, "batch_size": 16},
+                   "head": {"hidden_units": [128], "dropout": 0.3},
+                   "schedule": {"strategy": "feature_extraction", "epochs": cfg["text_epochs"],
+                                "learning_rate": 1e-3},
+                   "output_dir": str(workdir / "runs" / f"eff_minilm_{per_class}_{seed}")}
+            scores["minilm_feature_extraction"].append(float(train(parse_recipe(raw), verbose=0).metrics["accuracy"]))
+            scores["scratch_bag_of_embeddings"].append(_text_scratch(data, cfg["text_epochs"], seed))
+        table[str(per_class)] = {m: _summary(v) for m, v in scores.items()}
+        print(f"[bench] data_efficiency rotten tomatoes {per_class}/class: {table[str(per_class)]}", flush=True)
+    return table
+
+
+def _text_scratch(data, epochs: int, seed: int) -> float:
+    import keras
+    import numpy as np
+    import pandas as pd
+
+    keras.utils.set_random_seed(seed)
+    train, test = pd.read_csv(data["train"]), pd.read_csv(data["test"])
+    labels = sorted(train["label"].unique())
+    y_train = train["label"].map(labels.index).to_numpy()
+    y_test = test["label"].map(labels.index).to_numpy()
+    vectorize = keras.layers.TextVectorization(max_tokens=20000, output_sequence_length=64)
+    vectorize.adapt(train["text"].to_numpy())
+    x_train = vectorize(train["text"].to_numpy())
+    x_test = vectorize(test["text"].to_numpy())
+    model = keras.Sequential([
+        keras.Input((64,), dtype="int64"),
+        keras.layers.Embedding(vectorize.vocabulary_size(), 32, mask_zero=True),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(len(labels), activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=epochs, batch_size=16, verbose=0)
+    return float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=-1) == y_test))
