@@ -21,7 +21,7 @@ BACKBONES = ("efficientnet_lite0_imagenet", "vgg16_hed_bsds500")
 def settings(quick: bool) -> dict:
     if quick:
         return dict(size=64, batches=(1, 8), repeats=1, min_images=8, matmul_n=2048, big_batch=8)
-    return dict(size=224, batches=(1, 8, 32, 64), repeats=3, min_images=64, matmul_n=2048, big_batch=32)
+    return dict(size=224, batches=(1, 8, 32, 64), repeats=2, min_images=48, matmul_n=2048, big_batch=32)
 
 
 def matmul_peak(n: int, dtype: str, repeats: int = 5) -> float:
