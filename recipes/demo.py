@@ -19,8 +19,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,12 +49,14 @@ def free_port() -> int:
 
 
 def serve_and_predict(fashion: dict) -> None:
+    from tlkeras.serve.client import wait_until_ready
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"\n$ tlkeras serve models --port {port}   (in the background)", flush=True)
     server = subprocess.Popen([*TLKERAS, "serve", "models", "--port", str(port)], cwd=REPO)
     try:
-        _wait_ready(f"{url}/v1/models/fashion_mnist", server)
+        wait_until_ready(f"{url}/v1/models/fashion_mnist", server)
         image = sorted((Path(fashion["test"]) / "Ankle_boot").glob("*.png"))[0]
         run("predict", "--url", url, "--model", "fashion_mnist", str(image.relative_to(REPO)))
         run("predict", "--url", url, "--model", "rotten_tomatoes", "--text",
@@ -64,20 +64,6 @@ def serve_and_predict(fashion: dict) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise SystemExit(f"the server did not answer {url} within {timeout:.0f} s")
 
 
 def summary() -> None:

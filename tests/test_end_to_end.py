@@ -5,19 +5,17 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY_BERT, TINY_CNN
 from PIL import Image
 
-from conftest import TINY_BERT, TINY_CNN
 from tlkeras.export import export_run
 from tlkeras.recipes import parse_recipe, train
-from tlkeras.serve.client import predict
+from tlkeras.serve.client import predict, wait_until_ready
 
 pytestmark = pytest.mark.usefixtures("tlkeras_env")
 
@@ -45,14 +43,7 @@ def served(tmp_path, colour_folder, text_csv):
                                str(port), "--host", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/v1/models/reviews", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, "the server did not start"
-            time.sleep(0.5)
+    wait_until_ready(f"{url}/v1/models/reviews", server, timeout=120)
     yield url, runs
     server.terminate()
     server.wait(timeout=30)

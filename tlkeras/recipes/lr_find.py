@@ -71,7 +71,7 @@ def lr_find(trainer, out_dir: Path, start: float = 1e-6, end: float = 1.0, steps
     trainer._compile(model, stage, steps=steps)
     weights = model.get_weights()
     test = _RangeTest(start, end, steps)
-    model.fit(data.repeat(), steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[test])
+    model.fit(data.repeat(), steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[test])
     model.set_weights(weights)  # the test must not leave its traces in the model
     rates = test.rates[: len(test.losses)]
     suggestion = suggest_learning_rate(rates, test.losses)

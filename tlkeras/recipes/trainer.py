@@ -243,7 +243,8 @@ class Trainer:
             log.info("stage %d: %d epochs, %d backbone layers trainable, lr %.2g",
                      index, stage.epochs, len(trainable), stage.learning_rate)
             self._compile(self.model, stage, steps=_steps(len(self.splits.train), self.recipe.data.batch_size))
-            result = self.model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch,
+            # shuffle=False: the tf.data pipeline already reshuffles every epoch.
+            result = self.model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, shuffle=False,
                                     epochs=epoch + stage.epochs, verbose=self.verbose,
                                     callbacks=self._callbacks(index, val_ds is not None))
             _merge(history, result.history)

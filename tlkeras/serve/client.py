@@ -111,3 +111,33 @@ def post_json(url: str, body: dict, timeout: float = 60.0) -> dict:
         raise TlkerasError(
             f"cannot reach the server ({err.reason}); is `tlkeras serve` or TF Serving running? Received: url={url}"
         ) from None
+
+
+def wait_until_ready(url: str, process=None, timeout: float = 180.0) -> None:
+    """Polls `url` (e.g. a model's status URL) until it answers 200.
+
+    Args:
+        url: str. The URL to poll.
+        process: subprocess.Popen. The server process; if it exits, waiting stops with its code.
+        timeout: float. Seconds to wait. Defaults to 180.
+
+    Raises:
+        TlkerasError: when the server exits or does not answer in time.
+
+    Example:
+    >>> server = subprocess.Popen(["tlkeras", "serve", "models", "--port", "8501"])
+    >>> wait_until_ready("http://127.0.0.1:8501/v1/models/fashion", server)
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TlkerasError(f"the server exited with code {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TlkerasError(f"the server did not answer {url} within {timeout:.0f} s")
