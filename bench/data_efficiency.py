@@ -28,8 +28,8 @@ NO_CALLBACKS = {"checkpoint": False, "backup": False, "tensorboard": False, "pro
 
 def settings(quick: bool) -> dict:
     if quick:  # one size, one seed, tiny images: the same code paths in well under a minute
-        return dict(image_per_class=(1,), text_per_class=(2,), seeds=(0,), test_size=20, text_test=20,
-                    fe_size=64, train_size=32, passes=20, fe_epochs=2, text_epochs=2,
+        return dict(image_per_class=(1,), text_per_class=(2,), seeds=(0,), test_size=10, text_test=10,
+                    fe_size=32, train_size=32, passes=10, fe_epochs=2, text_epochs=2,
                     text_finetune_per_class=(2,), text_finetune_epochs=1)
     return dict(image_per_class=(1, 5, 10, 50), text_per_class=(8, 32, 128), seeds=(0, 1, 2), test_size=500,
                 text_test=1000, fe_size=224, train_size=64, passes=800, fe_epochs=30, text_epochs=60,

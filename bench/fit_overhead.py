@@ -20,7 +20,7 @@ BACKBONE = "mobilenet_v3_small_imagenet"
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(per_class=7, image_size=64, epochs=3, repeats=1, batch_size=32)
+        return dict(per_class=4, image_size=64, epochs=2, repeats=1, batch_size=32)
     return dict(per_class=64, image_size=96, epochs=4, repeats=2, batch_size=32)
 
 

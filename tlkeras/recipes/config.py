@@ -43,6 +43,9 @@ class DataConfig:
     image_size: tuple[int, ...] = ()  # (height, width); defaults to the backbone's input size
     sequence_length: int | None = None  # defaults to the backbone's
     batch_size: int = 32
+    # Feature extraction, validation and prediction. Batch 8 ran EfficientNet-Lite0 forward passes 1.27x
+    # faster than batch 32 on a 2-core CPU and VGG16 no slower (bench/results/RESULTS.md, roofline).
+    inference_batch_size: int = 8
     skip_corrupt: bool = False  # skip undecodable images (reported) instead of failing
     cache_features: bool = True  # reuse frozen-backbone features across epochs and runs
 

@@ -179,13 +179,14 @@ class Trainer:
         """A tf.data pipeline of backbone inputs (and targets) for `examples`."""
         cfg = self.recipe.data
         y = self._targets(examples) if targets else None
+        batch_size = cfg.batch_size if training else cfg.inference_batch_size
         if self.entry.domain == "text":
-            return data_lib.text_dataset(examples.inputs, y, cfg.batch_size, preprocessor=self.tokenizer,
+            return data_lib.text_dataset(examples.inputs, y, batch_size, preprocessor=self.tokenizer,
                                          shuffle=training, seed=self.recipe.seed)
         augment = None
         if training and self.recipe.augment.enabled():
             augment = self._augmenter()
-        return data_lib.image_dataset(examples.inputs, y, self.image_size, cfg.batch_size, shuffle=training,
+        return data_lib.image_dataset(examples.inputs, y, self.image_size, batch_size, shuffle=training,
                                       seed=self.recipe.seed, augment=augment)
 
     def _targets(self, examples):
@@ -435,12 +436,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Pa
                                       text_column=cfg.text_column, label_column=cfg.label_column,
                                       label_separator=cfg.label_separator, labels=labels or None)
     if entry.domain == "image":
-        dataset = data_lib.image_dataset(examples.inputs, None, input_spec["image_size"], cfg.batch_size)
+        dataset = data_lib.image_dataset(examples.inputs, None, input_spec["image_size"], cfg.inference_batch_size)
     else:
         from tlkeras.backbones import load_tokenizer
 
         tokenizer = load_tokenizer(recipe.backbone, input_spec["sequence_length"])
-        dataset = data_lib.text_dataset(examples.inputs, None, cfg.batch_size, preprocessor=tokenizer)
+        dataset = data_lib.text_dataset(examples.inputs, None, cfg.inference_batch_size, preprocessor=tokenizer)
     model = keras.models.load_model(run_dir / "model.keras")
     scores = np.asarray(model.predict(dataset, verbose=0))
     out_dir = Path(out_dir or run_dir / "evaluation")
