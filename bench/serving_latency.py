@@ -18,6 +18,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.common import VENV_BIN, fashion_mnist_folder, median, percentile
+from tlkeras.serve.client import wait_until_ready
 
 NAME = "serving_latency"
 TARGET = "single-request p50 latency, tlkeras serve / in-process signature call <= 1.3"
@@ -48,10 +49,10 @@ def run(quick: bool, workdir) -> dict:
     port = _free_port()
     server = subprocess.Popen([str(VENV_BIN / "tlkeras"), "serve", str(version_dir.parent.parent), "--host",
                                "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                              stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     try:
         base = f"http://127.0.0.1:{port}/v1/models/{version_dir.parent.name}"
-        _wait_ready(base, server)
+        wait_until_ready(base, server)
         body = json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]}).encode()
 
         def over_http():
@@ -117,20 +118,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_ready(base: str, server, timeout: float = 180.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"tlkeras serve exited: {server.stderr.read().decode()[-800:]}")
-        try:
-            with urllib.request.urlopen(base, timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("tlkeras serve did not answer within 180 s")
 
 
 def _timed(fn) -> float:
