@@ -28,7 +28,7 @@ NO_CALLBACKS = {"checkpoint": False, "backup": False, "tensorboard": False, "pro
 
 def settings(quick: bool) -> dict:
     if quick:  # one size, one seed, tiny images: the same code paths in well under a minute
-        return dict(image_per_class=(1,), text_per_class=(2,), seeds=(0,), test_size=10, text_test=10,
+        return dict(image_per_class=(1,), text_per_class=(2,), seeds=(0,), test_size=20, text_test=20,
                     fe_size=32, train_size=32, passes=10, fe_epochs=2, text_epochs=2,
                     text_finetune_per_class=(2,), text_finetune_epochs=1)
     return dict(image_per_class=(1, 5, 10, 50), text_per_class=(8, 32, 128), seeds=(0, 1, 2), test_size=500,

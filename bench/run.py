@@ -39,7 +39,7 @@ OPT_IN: dict[str, str] = {}
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (< 3 min)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (about 3.5 min here)")
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
     parser.add_argument("--workdir", default=None, help="scratch folder (data, runs). Defaults to a temp dir")
