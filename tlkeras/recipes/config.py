@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tlkeras.schema import SchemaError, coerce, from_dict, to_dict
+from tlkeras.schema import SchemaError, from_dict, to_dict
 
 Task = Literal["classification", "multilabel", "regression"]
 Strategy = Literal["feature_extraction", "layer_retraining", "gradual_unfreezing", "fine_tuning", "weight_init"]
@@ -225,4 +225,4 @@ def _apply_override(raw: dict, override: str) -> None:
 
 
 __all__ = ["Recipe", "DataConfig", "HeadConfig", "ScheduleConfig", "StageConfig", "AugmentConfig",
-           "CallbacksConfig", "ExportConfig", "load_recipe", "parse_recipe", "coerce"]
+           "CallbacksConfig", "ExportConfig", "load_recipe", "parse_recipe"]

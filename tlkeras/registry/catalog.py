@@ -119,9 +119,7 @@ class Catalog:
 
     def frame(self):
         """Returns every entry as a row of a pandas DataFrame indexed by position."""
-        import pandas as pd
-
-        return pd.DataFrame([e.to_dict() for e in self.entries.values()])
+        return _frame(self.entries.values())
 
 
 @functools.lru_cache(maxsize=8)
@@ -221,7 +219,10 @@ def list_backbones(**filters):
     >>> df = list_backbones(domain="image", max_params=5e6, sort="accuracy")
     >>> df[["name", "params", "accuracy"]].head()
     """
+    return _frame(find_backbones(**filters))
+
+
+def _frame(entries):
     import pandas as pd
 
-    entries = find_backbones(**filters)
-    return pd.DataFrame([e.to_dict() for e in entries], columns=field_names())
+    return pd.DataFrame([e.to_dict() for e in entries], columns=list(field_names()))
