@@ -416,32 +416,38 @@ def test_run_directory_holds_every_artifact_and_a_reloadable_model(colour_folder
 
 
 def test_best_checkpoint_is_not_replaced_by_a_worse_later_stage(tmp_path):
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    # As on cached features: the head is fitted, the checkpoint is the frozen "backbone" + that head.
+    head = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    full = keras.Sequential([keras.Input((1,)), keras.layers.Rescaling(2.0), head])
     path = tmp_path / "checkpoints" / "best.keras"
 
     def epoch(callback, index, val_loss, weight):
-        model.layers[0].kernel.assign([[weight]])  # stands for what that epoch learned
+        head.layers[0].kernel.assign([[weight]])  # stands for what that epoch learned
         callback.on_epoch_end(index, {"val_loss": val_loss})
 
-    def saved_weight():
-        return float(keras.models.load_model(path).layers[0].kernel.numpy()[0, 0])
+    def saved_output():
+        return float(keras.models.load_model(path).predict(np.ones((1, 1)), verbose=0)[0, 0])
 
-    first_stage = BestModelCheckpoint(model, path)
-    first_stage.on_train_begin()
+    def stage():  # each stage (and a resumed run) builds a new callback; fit attaches the fitted model
+        callback = BestModelCheckpoint(full, path)
+        callback.set_model(head)
+        callback.on_train_begin()
+        return callback
+
+    first_stage = stage()
     epoch(first_stage, 0, 1.0, 1.0)
     epoch(first_stage, 1, 0.5, 2.0)
     epoch(first_stage, 2, 0.7, 3.0)
     first_stage.on_train_end()
-    assert saved_weight() == 2.0
-    assert float(model.layers[0].kernel.numpy()[0, 0]) == 3.0, "saving the best must not change the model"
-    second_stage = BestModelCheckpoint(model, path)  # each stage (and a resumed run) builds a new one
-    second_stage.on_train_begin()
+    assert saved_output() == 4.0, "the best epoch's head behind the frozen layers"
+    assert float(head.layers[0].kernel.numpy()[0, 0]) == 3.0, "saving the best must not change the model"
+    second_stage = stage()
     epoch(second_stage, 3, 0.8, 4.0)
     second_stage.on_train_end()
-    assert saved_weight() == 2.0
+    assert saved_output() == 4.0
     epoch(second_stage, 4, 0.4, 5.0)
     second_stage.on_train_end()
-    assert saved_weight() == 5.0
+    assert saved_output() == 10.0
 
 
 @pytest.mark.parametrize("task, overrides, outputs, metric", [

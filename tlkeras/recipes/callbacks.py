@@ -15,7 +15,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     Unlike `keras.callbacks.ModelCheckpoint`, the model saved need not be the one being fitted: when
     the head trains on cached features, the checkpoint is still the whole backbone + head model.
-    Each improvement saves only the weights (cheap); the `.keras` file is written once, when `fit` ends.
+    Each improvement saves only the weights of the model being fitted (the head alone, on cached features:
+    the frozen backbone's 18 MB would cost more than the epoch); the `.keras` file is written once, when
+    `fit` ends.
 
     Args:
         model_to_save: keras.Model. Shares its head layers with the model being fitted.
@@ -57,17 +59,17 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best = float(value)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.model_to_save.save_weights(self._weights)
+            self.model.save_weights(self._weights)
             self._record.write_text(json.dumps({self.monitor: self.best}))
             self._improved = True
 
     def on_train_end(self, logs=None):
         if not getattr(self, "_improved", False):
             return
-        current = self.model_to_save.get_weights()
-        self.model_to_save.load_weights(self._weights)
+        current = self.model.get_weights()
+        self.model.load_weights(self._weights)
         self.model_to_save.save(self.path)
-        self.model_to_save.set_weights(current)
+        self.model.set_weights(current)
         self._improved = False
 
 
