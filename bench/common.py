@@ -65,12 +65,34 @@ def machine() -> dict:
     return info
 
 
-def fashion_mnist_folder(workdir: Path, per_class: int, test_size: int, seed: int = 0) -> dict:
-    """PNG class folders of Fashion-MNIST, written once per (per_class, test_size, seed)."""
+def fashion_mnist_folder(workdir: Path, per_class: int, test_size: int, seed: int = 0,
+                         validation_per_class: int = 0) -> dict:
+    """PNG class folders of Fashion-MNIST, written once per (per_class, test_size, seed, validation).
+
+    With `validation_per_class`, each class's sample is split: the first `per_class` files (by name) stay
+    in `train`, the rest are copied to `validation`, so the two never share an image.
+    """
+    import shutil
+
     from tlkeras.datasets import fashion_mnist
 
-    return fashion_mnist(workdir / "data" / f"fmnist_{per_class}_{test_size}_{seed}", train_per_class=per_class,
+    name = f"fmnist_{per_class}_{test_size}_{seed}" + (f"_val{validation_per_class}" if validation_per_class else "")
+    data = fashion_mnist(workdir / "data" / name, train_per_class=per_class + validation_per_class,
                          test_size=test_size, seed=seed)
+    if not validation_per_class:
+        return data
+    split = workdir / "data" / f"{name}_split"
+    if not split.exists():
+        tmp = split.with_name(split.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for class_dir in sorted(p for p in data["train"].iterdir() if p.is_dir()):
+            files = sorted(class_dir.glob("*.png"))
+            for subset, chosen in (("train", files[:per_class]), ("validation", files[per_class:])):
+                (tmp / subset / class_dir.name).mkdir(parents=True)
+                for file in chosen:
+                    shutil.copy(file, tmp / subset / class_dir.name / file.name)
+        tmp.rename(split)
+    return {**data, "train": split / "train", "validation": split / "validation"}
 
 
 def fresh_home(workdir: Path, name: str) -> Path:

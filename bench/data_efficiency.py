@@ -4,7 +4,8 @@ Fashion-MNIST: EfficientNet-Lite0 through tlkeras recipes.
 - feature extraction: frozen ImageNet backbone at 224 px (features cached; the test features are computed
   once and shared by every run, since all runs read the same test folder), linear head, 30 epochs;
 - fine-tuned: `fine_tuning` strategy (whole backbone, 0.1x learning rate, BN statistics frozen) at 64 px;
-- scratch: the same architecture with `backbone_weights: random`, `weight_init` strategy (BN trains) at 64 px.
+- scratch: the same architecture with `backbone_weights: random`, `weight_init` strategy (BN trains, then
+  its statistics are re-estimated over the training set) at 64 px.
 Fine-tuned and scratch runs use 64 px to fit the time budget; they see a fixed budget of image-passes
 (epochs shrink as the training set grows). Tested on the first `test_size` t10k images, 3 seeds.
 
@@ -12,13 +13,23 @@ Rotten Tomatoes: MiniLM-L6 mean-pooled embeddings + MLP head through a tlkeras r
 end to end (at 32 labels/class only, to fit the time budget), vs a hand-written
 from-scratch bag-of-embeddings model (TextVectorization + Embedding + average pooling), on a
 fixed `text_test`-review test set (1,000 in a full run), 3 seeds.
+
+Only accuracy is measured here, so the runs go to `workers` processes at once: most of a fine-tuning
+run's wall time is tracing its training step, single-threaded Python, which two processes overlap.
+Features are cached in a fresh TLKERAS_HOME, so the suite's time never depends on an earlier run.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from bench.common import fresh_home
 
 NAME = "data_efficiency"
 TARGET = ("Lite0 feature extraction >= scratch + 20 points at 10 labels/class (Fashion-MNIST); "
@@ -29,19 +40,42 @@ NO_CALLBACKS = {"checkpoint": False, "backup": False, "tensorboard": False, "pro
 def settings(quick: bool) -> dict:
     if quick:  # one size, one seed, tiny images: the same code paths in well under a minute
         return dict(image_per_class=(1,), text_per_class=(2,), seeds=(0,), test_size=20, text_test=20,
-                    fe_size=32, train_size=32, passes=10, fe_epochs=2, text_epochs=2,
-                    text_finetune_per_class=(2,), text_finetune_epochs=1)
+                    fe_size=32, train_size=32, passes=10, scratch_lr=3e-3, fe_epochs=2, text_epochs=2,
+                    text_finetune_per_class=(2,), text_finetune_epochs=1, workers=2)
     return dict(image_per_class=(1, 5, 10, 50), text_per_class=(8, 32, 128), seeds=(0, 1, 2), test_size=500,
-                text_test=1000, fe_size=224, train_size=64, passes=800, fe_epochs=30, text_epochs=60,
-                text_finetune_per_class=(32,), text_finetune_epochs=3)
+                text_test=1000, fe_size=224, train_size=64, passes=800, scratch_lr=1e-3, fe_epochs=30,
+                text_epochs=60, text_finetune_per_class=(32,), text_finetune_epochs=3, workers=2)
+
+
+@dataclass
+class Job:
+    """One training run: its place in the results table and what the worker runs."""
+
+    dataset: str  # "fashion" or "rotten"
+    per_class: int
+    method: str
+    seed: int
+    recipe: dict | None = None  # a tlkeras recipe, or None for the hand-written text model
+    data: dict = field(default_factory=dict)
+    epochs: int = 0
 
 
 def run(quick: bool, workdir) -> dict:
     cfg = settings(quick)
-    start = time.perf_counter()
-    image = _fashion(cfg, workdir)
-    image_seconds = time.perf_counter() - start
-    text = _rotten(cfg, workdir)
+    previous = os.environ.get("TLKERAS_HOME")
+    os.environ["TLKERAS_HOME"] = str(fresh_home(workdir, "data_efficiency"))
+    try:
+        jobs = _fashion_jobs(cfg, workdir) + _rotten_jobs(cfg, workdir)
+        scores = _run_jobs(jobs, cfg["workers"])
+    finally:
+        if previous is None:
+            os.environ.pop("TLKERAS_HOME", None)
+        else:
+            os.environ["TLKERAS_HOME"] = previous
+    image, text = _table(jobs, scores, "fashion"), _table(jobs, scores, "rotten")
+    for per_class in cfg["image_per_class"]:
+        epochs = next(j.epochs for j in jobs if j.per_class == per_class and j.method == "scratch")
+        image[str(per_class)]["epochs_fine_tuned_and_scratch"] = epochs
     key = "10" if "10" in image else next(iter(image))  # quick mode has no 10/class row
     tkey = "32" if "32" in text else next(iter(text))
     fe10 = image.get(key, {}).get("feature_extraction", {}).get("mean")
@@ -53,7 +87,7 @@ def run(quick: bool, workdir) -> dict:
     gap = f"{100 * (fe10 - sc10):+.1f} points" if fe10 is not None else "n/a"
     return {
         "figures": {"fashion_mnist_accuracy": image, "rotten_tomatoes_accuracy": text,
-                    "fashion_mnist_seconds": round(image_seconds, 1),
+                    "run_seconds_total": round(sum(seconds for _, seconds in scores.values()), 1),
                     **{k: v for k, v in cfg.items()}},
         "met": met,
         "summary": (f"Fashion-MNIST {key}/class: Lite0 features {_fmt(image, key, 'feature_extraction')}, "
@@ -63,6 +97,53 @@ def run(quick: bool, workdir) -> dict:
                     f"scratch {_fmt(text, tkey, 'scratch_bag_of_embeddings')}"),
         "cause": _cause(text, tkey, fe10, sc10, minilm32),
     }
+
+
+def _run_jobs(jobs: list[Job], workers: int) -> dict[int, tuple[float, float]]:
+    """Accuracy and seconds of each job, by index. The first job of each dataset runs before the rest,
+    so the test features it caches are shared instead of computed by several workers at once."""
+    first = [next(i for i, j in enumerate(jobs) if j.dataset == d) for d in dict.fromkeys(j.dataset for j in jobs)]
+    rest = [i for i in range(len(jobs)) if i not in first]
+    scores: dict[int, tuple[float, float]] = {}
+    context = multiprocessing.get_context("spawn")  # a fresh TensorFlow per worker, never a forked one
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        for wave in (first, rest):
+            futures = {i: pool.submit(_run_job, jobs[i]) for i in wave}
+            for i, future in futures.items():
+                scores[i] = future.result()
+                job = jobs[i]
+                print(f"[bench] data_efficiency {len(scores)}/{len(jobs)}: {job.dataset} {job.method} "
+                      f"{job.per_class}/class seed {job.seed}: accuracy {scores[i][0]:.3f} ({scores[i][1]:.0f} s)",
+                      flush=True)
+    return scores
+
+
+def _init_worker(threads: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+
+
+def _run_job(job: Job) -> tuple[float, float]:
+    start = time.perf_counter()
+    if job.recipe is None:
+        accuracy = _text_scratch(job.data, job.epochs, job.seed)
+    else:
+        from tlkeras.recipes.config import parse_recipe
+        from tlkeras.recipes.trainer import train
+
+        accuracy = float(train(parse_recipe(job.recipe), verbose=0).metrics["accuracy"])
+    return accuracy, time.perf_counter() - start
+
+
+def _table(jobs: list[Job], scores, dataset: str) -> dict:
+    table: dict = {}
+    for i, job in enumerate(jobs):
+        if job.dataset == dataset:
+            table.setdefault(str(job.per_class), {}).setdefault(job.method, []).append(scores[i][0])
+    return {size: {method: _summary(values) for method, values in row.items()} for size, row in table.items()}
 
 
 def _cause(text, tkey, fe10, sc10, minilm32) -> str:
@@ -91,17 +172,13 @@ def _summary(values) -> dict:
             "runs": [round(v, 4) for v in values]}
 
 
-def _fashion(cfg, workdir) -> dict:
+def _fashion_jobs(cfg, workdir) -> list[Job]:
     from tlkeras.datasets import fashion_mnist
-    from tlkeras.recipes.config import parse_recipe
-    from tlkeras.recipes.trainer import train
 
     test = fashion_mnist(workdir / "data_eff" / "test", train_per_class=1, test_size=cfg["test_size"])["test"]
-    table = {}
+    jobs = []
     for per_class in cfg["image_per_class"]:
-        scores = {"feature_extraction": [], "fine_tuned": [], "scratch": []}
-        n_train = per_class * 10
-        epochs = max(3, min(40, math.ceil(cfg["passes"] / n_train)))
+        epochs = max(3, min(40, math.ceil(cfg["passes"] / (per_class * 10))))
         for seed in cfg["seeds"]:
             train_dir = fashion_mnist(workdir / "data_eff" / f"train_{per_class}_{seed}", train_per_class=per_class,
                                       test_size=1, seed=seed)["train"]
@@ -119,49 +196,41 @@ def _fashion(cfg, workdir) -> dict:
                 "scratch": {
                     "backbone_weights": "random",
                     "data": {**base["data"], "image_size": [cfg["train_size"]] * 2},
-                    "schedule": {"strategy": "weight_init", "epochs": epochs, "learning_rate": 1e-3,
+                    "schedule": {"strategy": "weight_init", "epochs": epochs, "learning_rate": cfg["scratch_lr"],
                                  "backbone_lr_multiplier": 1.0}},
             }
             for method, extra in variants.items():
-                raw = {**base, **extra, "output_dir": str(workdir / "runs" / f"eff_{method}_{per_class}_{seed}")}
-                scores[method].append(float(train(parse_recipe(raw), verbose=0).metrics["accuracy"]))
-        table[str(per_class)] = {m: _summary(v) for m, v in scores.items()}
-        table[str(per_class)]["epochs_fine_tuned_and_scratch"] = epochs
-        print(f"[bench] data_efficiency fashion {per_class}/class: {table[str(per_class)]}", flush=True)
-    return table
+                recipe = {**base, **extra, "output_dir": str(workdir / "runs" / f"eff_{method}_{per_class}_{seed}")}
+                jobs.append(Job("fashion", per_class, method, seed, recipe, epochs=epochs))
+    return jobs
 
 
-def _rotten(cfg, workdir) -> dict:
+def _rotten_jobs(cfg, workdir) -> list[Job]:
     from tlkeras.datasets import rotten_tomatoes
-    from tlkeras.recipes.config import parse_recipe
-    from tlkeras.recipes.trainer import train
 
-    table = {}
+    jobs = []
     for per_class in cfg["text_per_class"]:
-        scores = {"minilm_feature_extraction": [], "scratch_bag_of_embeddings": []}
         for seed in cfg["seeds"]:
             data = rotten_tomatoes(workdir / "data_eff" / f"rt_{per_class}_{seed}", train_per_class=per_class,
                                    test_size=cfg["text_test"], seed=seed)
+            data = {"train": str(data["train"]), "test": str(data["test"])}
             raw = {"backbone": "minilm_l6_v2", "seed": seed, "callbacks": NO_CALLBACKS,
-                   "data": {"train": str(data["train"]), "test": str(data["test"]), "text_column": "text",
-                            "label_column": "label", "sequence_length": 128, "batch_size": 16},
+                   "data": {**data, "text_column": "text", "label_column": "label", "sequence_length": 128,
+                            "batch_size": 16},
                    "head": {"hidden_units": [128], "dropout": 0.3},
                    "schedule": {"strategy": "feature_extraction", "epochs": cfg["text_epochs"],
                                 "learning_rate": 1e-3},
                    "output_dir": str(workdir / "runs" / f"eff_minilm_{per_class}_{seed}")}
-            scores["minilm_feature_extraction"].append(float(train(parse_recipe(raw), verbose=0).metrics["accuracy"]))
+            jobs.append(Job("rotten", per_class, "minilm_feature_extraction", seed, raw))
             if per_class in cfg["text_finetune_per_class"]:
                 # Whole-network fine-tuning: a few epochs at a low backbone learning rate, shorter sequences.
                 tuned = {**raw, "data": {**raw["data"], "sequence_length": 64},
                          "schedule": {"strategy": "fine_tuning", "head_epochs": 2, "epochs": cfg["text_finetune_epochs"],
                                       "learning_rate": 1e-3, "backbone_lr_multiplier": 0.05},
                          "output_dir": str(workdir / "runs" / f"eff_minilm_ft_{per_class}_{seed}")}
-                scores.setdefault("minilm_fine_tuned", []).append(
-                    float(train(parse_recipe(tuned), verbose=0).metrics["accuracy"]))
-            scores["scratch_bag_of_embeddings"].append(_text_scratch(data, cfg["text_epochs"], seed))
-        table[str(per_class)] = {m: _summary(v) for m, v in scores.items()}
-        print(f"[bench] data_efficiency rotten tomatoes {per_class}/class: {table[str(per_class)]}", flush=True)
-    return table
+                jobs.append(Job("rotten", per_class, "minilm_fine_tuned", seed, tuned))
+            jobs.append(Job("rotten", per_class, "scratch_bag_of_embeddings", seed, None, data, cfg["text_epochs"]))
+    return jobs
 
 
 def _text_scratch(data, epochs: int, seed: int) -> float:

@@ -166,6 +166,38 @@ def test_gradual_unfreezing_with_explicit_stages(colour_folder, tmp_path, monkey
     assert {key.split("/")[0] for key in changed(before, after) if "_conv/" in key} == CONVS
 
 
+def test_recalibrate_batchnorm_sets_exact_statistics_and_keeps_momentum_and_frozen_layers():
+    trained, frozen = keras.layers.BatchNormalization(), keras.layers.BatchNormalization()
+    model = keras.Sequential([keras.Input((2,)), trained, keras.layers.Dense(2), frozen])
+    frozen.trainable = False
+    rng = np.random.default_rng(0)
+    batches = [rng.normal([5.0, -3.0], [2.0, 0.5], size=(n, 2)).astype("float32") for n in (16, 16, 4)]
+
+    used = freezing.recalibrate_batchnorm(model, batches, max_batches=10)
+
+    assert used == 3 and trained.momentum == frozen.momentum == 0.99
+    sizes = np.array([len(b) for b in batches])[:, None]
+    expected_mean = (np.array([b.mean(0) for b in batches]) * sizes).sum(0) / sizes.sum()
+    expected_var = (np.array([b.var(0) for b in batches]) * sizes).sum(0) / sizes.sum()
+    np.testing.assert_allclose(trained.moving_mean.numpy(), expected_mean, rtol=1e-5)
+    np.testing.assert_allclose(trained.moving_variance.numpy(), expected_var, rtol=1e-4)
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(2))
+    assert freezing.recalibrate_batchnorm(model, batches, max_batches=2) == 2
+
+
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_weight_init_ends_with_batchnorm_statistics_of_the_final_weights(colour_folder, tmp_path, recalibrate):
+    recipe = make_recipe(colour_folder, tmp_path / "run", "schedule.strategy=weight_init", "backbone_weights=random",
+                         f"schedule.recalibrate_batchnorm={str(recalibrate).lower()}")
+    trainer = Trainer(recipe, verbose=0)
+    trainer.prepare()
+    trainer.fit()
+    bn = freezing.batchnorm_layers(trainer.backbone)[0]
+    after_fit = bn.moving_mean.numpy().copy()
+    freezing.recalibrate_batchnorm(trainer.backbone, trainer.dataset(trainer.splits.train, False, False, 8))
+    assert np.allclose(after_fit, bn.moving_mean.numpy(), rtol=1e-4, atol=1e-6) == recalibrate
+
+
 def test_plan_stages_spreads_epochs_over_one_more_group_per_stage():
     stages = plan_stages(ScheduleConfig(strategy="gradual_unfreezing", epochs=5, learning_rate=0.01), n_groups=3)
     assert [(s.epochs, s.unfreeze, s.learning_rate) for s in stages] == [

@@ -79,6 +79,7 @@ class ScheduleConfig:
     lr_schedule: Literal["constant", "cosine", "one_cycle"] = "constant"
     warmup_fraction: float = 0.0  # of each stage's steps, for cosine / one_cycle
     label_smoothing: float = 0.0
+    recalibrate_batchnorm: bool = True  # after stages that train BN (weight_init): precise BN statistics
 
 
 @dataclass

@@ -97,3 +97,37 @@ def _select(backbone, layers, unfreeze: Unfreeze, group_prefixes, unit) -> set[i
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     return [layer for layer in flat_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recalibrate_batchnorm(model: keras.Model, batches, max_batches: int = 200) -> int:
+    """Re-estimates the moving statistics of `model`'s trainable BN layers with its final weights.
+
+    A short run from scratch changes the weights faster than BN's moving averages (momentum 0.99) follow:
+    after a few dozen steps they still mostly hold their initial values, and the model predicts one class
+    in inference mode while it fits its training batches. Here each statistic becomes the size-weighted
+    average of the batch statistics over `batches` ("precise BN"). Returns the number of batches used.
+
+    Args:
+        model: keras.Model. Only its trainable BatchNormalization layers change.
+        batches: iterable of input batches, without augmentation.
+        max_batches: int. Enough batches for a stable estimate. Defaults to 200.
+    """
+    layers = [layer for layer in batchnorm_layers(model) if layer.trainable]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    seen = used = 0
+    try:
+        for batch in batches:
+            if used == max_batches:
+                break
+            size = int(keras.ops.shape(keras.tree.flatten(batch)[0])[0])
+            for layer in layers:  # new = old * momentum + batch * (1 - momentum): a running mean
+                layer.momentum = seen / (seen + size)
+            model(batch, training=True)
+            seen += size
+            used += 1
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return used

@@ -175,11 +175,11 @@ class Trainer:
         augment = self.recipe.augment
         return self.recipe.task == "classification" and bool(augment.mixup or augment.cutmix)
 
-    def dataset(self, examples, training: bool, targets: bool = True):
+    def dataset(self, examples, training: bool, targets: bool = True, batch_size: int | None = None):
         """A tf.data pipeline of backbone inputs (and targets) for `examples`."""
         cfg = self.recipe.data
         y = self._targets(examples) if targets else None
-        batch_size = cfg.batch_size if training else cfg.inference_batch_size
+        batch_size = batch_size or (cfg.batch_size if training else cfg.inference_batch_size)
         if self.entry.domain == "text":
             return data_lib.text_dataset(examples.inputs, y, batch_size, preprocessor=self.tokenizer,
                                          shuffle=training, seed=self.recipe.seed)
@@ -250,8 +250,18 @@ class Trainer:
                                     callbacks=self._callbacks(index, val_ds is not None))
             _merge(history, result.history)
             epoch += stage.epochs
+            if stage.train_batchnorm and self.recipe.schedule.recalibrate_batchnorm:
+                self._recalibrate_batchnorm()
             self._finish_stage(index, epoch)
         return history
+
+    def _recalibrate_batchnorm(self) -> None:
+        from tlkeras.recipes.freezing import recalibrate_batchnorm
+
+        batches = self.dataset(self.splits.train, training=False, targets=False,
+                               batch_size=self.recipe.data.batch_size)
+        used = recalibrate_batchnorm(self.backbone, batches)
+        log.info("BatchNormalization statistics re-estimated over %d training batches", used)
 
     def _fit_on_cached_features(self) -> dict:
         stage = self.stages()[0]
