@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from bench.common import fresh_home
@@ -100,22 +100,34 @@ def run(quick: bool, workdir) -> dict:
 
 
 def _run_jobs(jobs: list[Job], workers: int) -> dict[int, tuple[float, float]]:
-    """Accuracy and seconds of each job, by index. The first job of each dataset runs before the rest,
-    so the test features it caches are shared instead of computed by several workers at once."""
-    first = [next(i for i, j in enumerate(jobs) if j.dataset == d) for d in dict.fromkeys(j.dataset for j in jobs)]
-    rest = [i for i in range(len(jobs)) if i not in first]
+    """Accuracy and seconds of each job, by index.
+
+    Feature-extraction runs of one dataset share the test features in the cache, so the first of each
+    dataset runs before the others (instead of several workers computing the same features at once);
+    runs that train the backbone need no cache and start right away, the longest first.
+    """
+    extracts = [i for i, j in enumerate(jobs) if j.recipe and j.recipe["schedule"]["strategy"] == "feature_extraction"]
+    warm = [next(i for i in extracts if jobs[i].dataset == d) for d in dict.fromkeys(jobs[i].dataset for i in extracts)]
+    order = {"scratch": 0, "fine_tuned": 1, "minilm_fine_tuned": 2}
+    independent = sorted((i for i in range(len(jobs)) if i not in extracts), key=lambda i: order.get(jobs[i].method, 3))
+    later = [i for i in extracts if i not in warm]
     scores: dict[int, tuple[float, float]] = {}
     context = multiprocessing.get_context("spawn")  # a fresh TensorFlow per worker, never a forked one
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        for wave in (first, rest):
-            futures = {i: pool.submit(_run_job, jobs[i]) for i in wave}
-            for i, future in futures.items():
+        pending = {pool.submit(_run_job, jobs[i]): i for i in warm + independent}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
                 scores[i] = future.result()
                 job = jobs[i]
                 print(f"[bench] data_efficiency {len(scores)}/{len(jobs)}: {job.dataset} {job.method} "
                       f"{job.per_class}/class seed {job.seed}: accuracy {scores[i][0]:.3f} ({scores[i][1]:.0f} s)",
                       flush=True)
+            if later and all(i in scores for i in warm):
+                pending.update({pool.submit(_run_job, jobs[i]): i for i in later})
+                later = []
     return scores
 
 

@@ -52,3 +52,27 @@ def test_bench_rejects_unknown_name(tmp_path):
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode != 0
     assert "unknown benchmark 'nope'" in result.stderr
+
+
+def test_readme_table_is_replaced_between_markers_only(tmp_path):
+    from bench.run import README_END, README_START, update_readme
+
+    row = {"status": "ok", "target": "t < 1", "summary": "0.5 | fast", "met": True, "date": "d", "seconds": 1.0}
+    results = {"command": "python -m bench.run", "date": "2026-11-23", "suite_seconds": 3.0, "quick": False,
+               "machine": {"nproc": 2}, "benchmarks": {"registry_cold_start": row}}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\noutro\n")
+    assert update_readme(readme, results)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{README_END}\noutro\n") and "old table" not in text
+    assert "| registry_cold_start | t < 1 | 0.5 \\| fast | met | d | 1.0 |" in text
+    readme.write_text("no markers")
+    assert not update_readme(readme, results) and readme.read_text() == "no markers"
+
+
+def test_roofline_threading_probe_reports_images_per_second():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # name, image size, batch, images, intra-op threads, inter-op threads
+    done = subprocess.run([sys.executable, "-m", "bench.roofline", "--probe", "efficientnet_lite0_imagenet", "32",
+                           "2", "4", "1", "0"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert float(done.stdout.strip().splitlines()[-1]) > 0
