@@ -41,10 +41,10 @@ def settings(quick: bool) -> dict:
     if quick:  # one size, one seed, tiny images: the same code paths in well under a minute
         return dict(image_per_class=(1,), text_per_class=(2,), seeds=(0,), test_size=20, text_test=20,
                     fe_size=32, train_size=32, passes=10, scratch_lr=3e-3, fe_epochs=2, text_epochs=2,
-                    text_finetune_per_class=(2,), text_finetune_epochs=1, workers=2)
+                    text_finetune_per_class=(2,), text_finetune_epochs=1, text_head_epochs=0, workers=2)
     return dict(image_per_class=(1, 5, 10, 50), text_per_class=(8, 32, 128), seeds=(0, 1, 2), test_size=500,
                 text_test=1000, fe_size=224, train_size=64, passes=800, scratch_lr=1e-3, fe_epochs=30,
-                text_epochs=60, text_finetune_per_class=(32,), text_finetune_epochs=3, workers=2)
+                text_epochs=60, text_finetune_per_class=(32,), text_finetune_epochs=3, text_head_epochs=2, workers=2)
 
 
 @dataclass
@@ -237,7 +237,8 @@ def _rotten_jobs(cfg, workdir) -> list[Job]:
             if per_class in cfg["text_finetune_per_class"]:
                 # Whole-network fine-tuning: a few epochs at a low backbone learning rate, shorter sequences.
                 tuned = {**raw, "data": {**raw["data"], "sequence_length": 64},
-                         "schedule": {"strategy": "fine_tuning", "head_epochs": 2, "epochs": cfg["text_finetune_epochs"],
+                         "schedule": {"strategy": "fine_tuning", "head_epochs": cfg["text_head_epochs"],
+                                      "epochs": cfg["text_finetune_epochs"],
                                       "learning_rate": 1e-3, "backbone_lr_multiplier": 0.05},
                          "output_dir": str(workdir / "runs" / f"eff_minilm_ft_{per_class}_{seed}")}
                 jobs.append(Job("rotten", per_class, "minilm_fine_tuned", seed, tuned))

@@ -56,22 +56,22 @@ def run(quick: bool, workdir) -> dict:
         if cfg["explain"]:  # the cause of a gap, if any: the same recipe with per-epoch callbacks off
             bare.append(_tlkeras(data, cfg, steps, workdir, repeat, callbacks=False))
     ratio = median(t / h for t, h in zip(tl, hand, strict=True))
-    bare_ratio = median(t / h for t, h in zip(bare, hand, strict=True)) if bare else float("nan")
+    bare_ratio = median(t / h for t, h in zip(bare, hand, strict=True)) if bare else None
     return {
         "figures": {"ratio_tlkeras_over_hand_written": round(ratio, 3),
                     "tlkeras_steps_per_second": [round(x, 2) for x in tl],
                     "hand_written_steps_per_second": [round(x, 2) for x in hand],
-                    "ratio_tlkeras_no_callbacks_over_hand_written": round(bare_ratio, 3),
+                    "ratio_tlkeras_no_callbacks_over_hand_written": bare_ratio and round(bare_ratio, 3),
                     "tlkeras_no_callbacks_steps_per_second": [round(x, 2) for x in bare],
                     "steps_per_epoch": steps, "backbone": BACKBONE, "backbone_weights": "random",
                     "train_images": cfg["per_class"] * 10, **cfg},
-        "met": ratio >= 0.95,
-        "cause": (f"with the checkpoint, BackupAndRestore and TensorBoard callbacks off the recipe runs at "
-                  f"{bare_ratio:.2f}x the hand-written fit, so the gap is their per-epoch work (saving best.keras and "
-                  f"the backup each epoch) against {steps} steps per epoch"),
+        "met": None if quick else ratio >= 0.95,  # a quick run's 2 steps per epoch say nothing of the target
+        "cause": bare and (f"with the checkpoint, BackupAndRestore and TensorBoard callbacks off the recipe runs at "
+                           f"{bare_ratio:.2f}x the hand-written fit, so the gap is their per-epoch work (saving "
+                           f"best.keras and the backup each epoch) against {steps} steps per epoch"),
         "summary": f"ratio {ratio:.2f} ({median(tl):.2f} vs {median(hand):.2f} steps/s, batch {cfg['batch_size']}, "
-                   f"{cfg['image_size']}px, {steps} steps/epoch); with checkpoint/backup/TensorBoard callbacks off: "
-                   f"{bare_ratio:.2f}",
+                   f"{cfg['image_size']}px, {steps} steps/epoch)"
+                   + (f"; with checkpoint/backup/TensorBoard callbacks off: {bare_ratio:.2f}" if bare else ""),
     }
 
 
