@@ -42,7 +42,7 @@ OPT_IN: dict[str, str] = {}
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (about 3.5 min here)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (about 2.5 min here)")
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     parser.add_argument("--workdir", default=None, help="scratch folder (data, runs). Defaults to a temp dir")
