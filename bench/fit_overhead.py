@@ -93,8 +93,8 @@ def _tlkeras(data, cfg, steps, workdir, seed, callbacks=True) -> float:
     timer = _EpochEnds()
 
     class TimedTrainer(Trainer):
-        def _callbacks(self, stage_index, has_validation):
-            return super()._callbacks(stage_index, has_validation) + [timer]
+        def _callbacks(self, *args, **kwargs):
+            return super()._callbacks(*args, **kwargs) + [timer]
 
     trainer = TimedTrainer(_recipe(data, cfg, workdir, seed, callbacks), verbose=0)
     trainer.prepare()

@@ -188,14 +188,18 @@ def test_recalibrate_batchnorm_sets_exact_statistics_and_keeps_momentum_and_froz
 @pytest.mark.parametrize("recalibrate", [True, False])
 def test_weight_init_ends_with_batchnorm_statistics_of_the_final_weights(colour_folder, tmp_path, recalibrate):
     recipe = make_recipe(colour_folder, tmp_path / "run", "schedule.strategy=weight_init", "backbone_weights=random",
+                         "schedule.epochs=2", "callbacks.checkpoint=true",
                          f"schedule.recalibrate_batchnorm={str(recalibrate).lower()}")
     trainer = Trainer(recipe, verbose=0)
     trainer.prepare()
     trainer.fit()
-    bn = freezing.batchnorm_layers(trainer.backbone)[0]
-    after_fit = bn.moving_mean.numpy().copy()
-    freezing.recalibrate_batchnorm(trainer.backbone, trainer.dataset(trainer.splits.train, False, False, 8))
-    assert np.allclose(after_fit, bn.moving_mean.numpy(), rtol=1e-4, atol=1e-6) == recalibrate
+    batches = trainer.dataset(trainer.splits.train, False, False, 8)
+    best = keras.models.load_model(tmp_path / "run" / "checkpoints" / "best.keras")
+    for model in (trainer.backbone, best):  # the final model, and the best epoch's as saved
+        bn = freezing.batchnorm_layers(model)[0]
+        after_fit = bn.moving_mean.numpy().copy()
+        freezing.recalibrate_batchnorm(model, batches)
+        assert np.allclose(after_fit, bn.moving_mean.numpy(), rtol=1e-4, atol=1e-6) == recalibrate, model.name
 
 
 def test_plan_stages_spreads_epochs_over_one_more_group_per_stage():

@@ -24,14 +24,17 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         path: str. A `.keras` file.
         monitor: str. A logged metric. Defaults to "val_loss".
         mode: str. "min" or "max". Defaults to "min".
+        before_save: callable or None. Runs on the best weights just before the `.keras` file is written
+            (the trainer re-estimates BN statistics there after training from scratch). Defaults to None.
 
     Example:
     >>> head.fit(features, y, validation_split=0.2,
     ...          callbacks=[BestModelCheckpoint(full_model, "best.keras")])
     """
 
-    def __init__(self, model_to_save, path, monitor="val_loss", mode="min"):
+    def __init__(self, model_to_save, path, monitor="val_loss", mode="min", before_save=None):
         super().__init__()
+        self.before_save = before_save
         self.model_to_save = model_to_save
         self.path = Path(path)
         self.monitor = monitor
@@ -68,12 +71,15 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         current = self.model.get_weights()
         self.model.load_weights(self._weights)
+        if self.before_save is not None:
+            self.before_save()
         self.model_to_save.save(self.path)
         self.model.set_weights(current)
         self._improved = False
 
 
-def build_callbacks(config: CallbacksConfig, run_dir: Path, stage_index: int, full_model, monitor: str):
+def build_callbacks(config: CallbacksConfig, run_dir: Path, stage_index: int, full_model, monitor: str,
+                    before_best_save=None):
     """The Keras callbacks for one stage of a run.
 
     Args:
@@ -82,12 +88,14 @@ def build_callbacks(config: CallbacksConfig, run_dir: Path, stage_index: int, fu
         stage_index: int. Each stage keeps its own BackupAndRestore folder.
         full_model: keras.Model. The backbone + head model, for the best checkpoint.
         monitor: str. "val_loss", or "loss" when there is no validation data.
+        before_best_save: callable or None. `BestModelCheckpoint`'s `before_save`.
     """
     callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
     if config.backup:
         callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "backup" / f"stage_{stage_index}")))
     if config.checkpoint:
-        callbacks.append(BestModelCheckpoint(full_model, run_dir / "checkpoints" / "best.keras", monitor))
+        callbacks.append(BestModelCheckpoint(full_model, run_dir / "checkpoints" / "best.keras", monitor,
+                                             before_save=before_best_save))
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
     if config.early_stopping:

@@ -244,13 +244,14 @@ class Trainer:
             log.info("stage %d: %d epochs, %d backbone layers trainable, lr %.2g",
                      index, stage.epochs, len(trainable), stage.learning_rate)
             self._compile(self.model, stage, steps=_steps(len(self.splits.train), self.recipe.data.batch_size))
+            recalibrate = stage.train_batchnorm and self.recipe.schedule.recalibrate_batchnorm
             # shuffle=False: the tf.data pipeline already reshuffles every epoch.
             result = self.model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, shuffle=False,
                                     epochs=epoch + stage.epochs, verbose=self.verbose,
-                                    callbacks=self._callbacks(index, val_ds is not None))
+                                    callbacks=self._callbacks(index, val_ds is not None, recalibrate))
             _merge(history, result.history)
             epoch += stage.epochs
-            if stage.train_batchnorm and self.recipe.schedule.recalibrate_batchnorm:
+            if recalibrate:
                 self._recalibrate_batchnorm()
             self._finish_stage(index, epoch)
         return history
@@ -318,11 +319,13 @@ class Trainer:
                                        schedule.backbone_lr_multiplier)
             model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
-    def _callbacks(self, stage_index: int, has_validation: bool):
+    def _callbacks(self, stage_index: int, has_validation: bool, recalibrate: bool = False):
         from tlkeras.recipes.callbacks import build_callbacks
 
         monitor = "val_loss" if has_validation else "loss"
-        return build_callbacks(self.recipe.callbacks, self.run_dir, stage_index, self.inference_model, monitor)
+        # A model trained from scratch needs its BN statistics re-estimated, the best epoch's as much as the last.
+        return build_callbacks(self.recipe.callbacks, self.run_dir, stage_index, self.inference_model, monitor,
+                               before_best_save=self._recalibrate_batchnorm if recalibrate else None)
 
     def _state(self) -> dict:
         return json.loads((self.run_dir / "state.json").read_text())
