@@ -120,7 +120,7 @@ def render_table(results: dict) -> list[str]:
         "",
         f"Machine: {m.get('nproc')} cores ({m.get('cpu_model', '?')}), {m.get('memory_gib', '?')} GiB, "
         f"TensorFlow {m.get('tensorflow', '?')}, Keras {m.get('keras', '?')}; load average at start "
-        f"{m.get('load_average', '?')}. The machine is shared, so timings are ratios of two sides measured "
+        f"{[round(x, 2) for x in m.get('load_average', [])] or '?'}. The machine is shared, so timings are ratios of two sides measured "
         "interleaved in the same run (median of the repeats); absolute times are context only.",
         "",
         "| benchmark | target | result | verdict | run date | seconds |",
