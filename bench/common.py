@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -95,9 +96,10 @@ def fashion_mnist_folder(workdir: Path, per_class: int, test_size: int, seed: in
     return {**data, "train": split / "train", "validation": split / "validation"}
 
 
-def fresh_home(workdir: Path, name: str) -> Path:
-    """A new TLKERAS_HOME whose weights and datasets are the already-fetched ones and whose feature cache is
-    empty."""
+@contextlib.contextmanager
+def fresh_home(workdir: Path, name: str):
+    """Sets TLKERAS_HOME, for the `with` block, to a new folder whose weights and datasets are the
+    already-fetched ones and whose feature cache is empty; yields its path."""
     import shutil
 
     from tlkeras import paths
@@ -109,7 +111,15 @@ def fresh_home(workdir: Path, name: str) -> Path:
     for fetched in (paths.weights_dir(), paths.data_dir()):
         if fetched.exists():
             (home / fetched.name).symlink_to(fetched.resolve())
-    return home
+    previous = os.environ.get("TLKERAS_HOME")
+    os.environ["TLKERAS_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if previous is None:
+            os.environ.pop("TLKERAS_HOME", None)
+        else:
+            os.environ["TLKERAS_HOME"] = previous
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:

@@ -62,16 +62,9 @@ class Job:
 
 def run(quick: bool, workdir) -> dict:
     cfg = settings(quick)
-    previous = os.environ.get("TLKERAS_HOME")
-    os.environ["TLKERAS_HOME"] = str(fresh_home(workdir, "data_efficiency"))
-    try:
+    with fresh_home(workdir, "data_efficiency"):  # the spawned workers inherit it
         jobs = _fashion_jobs(cfg, workdir) + _rotten_jobs(cfg, workdir)
         scores = _run_jobs(jobs, cfg["workers"])
-    finally:
-        if previous is None:
-            os.environ.pop("TLKERAS_HOME", None)
-        else:
-            os.environ["TLKERAS_HOME"] = previous
     image, text = _table(jobs, scores, "fashion"), _table(jobs, scores, "rotten")
     for per_class in cfg["image_per_class"]:
         epochs = next(j.epochs for j in jobs if j.per_class == per_class and j.method == "scratch")

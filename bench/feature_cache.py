@@ -12,7 +12,6 @@ TensorBoard logs, evaluation plots and report).
 
 from __future__ import annotations
 
-import os
 import time
 
 from bench.common import fashion_mnist_folder, fresh_home, median
@@ -105,9 +104,7 @@ def _tlkeras(data, cfg, workdir, seed: int):
     from tlkeras.recipes.config import parse_recipe
     from tlkeras.recipes.trainer import train
 
-    previous = os.environ.get("TLKERAS_HOME")
-    os.environ["TLKERAS_HOME"] = str(fresh_home(workdir, f"feature_cache_{seed}"))
-    try:
+    with fresh_home(workdir, f"feature_cache_{seed}"):
         raw = {
             "backbone": BACKBONE, "seed": seed,
             "data": {"train": str(data["train"]), "validation": str(data["validation"]), "test": str(data["test"]),
@@ -124,9 +121,4 @@ def _tlkeras(data, cfg, workdir, seed: int):
         start = time.perf_counter()
         train(parse_recipe(dict(raw, output_dir=str(workdir / "runs" / f"feature_cache_{seed}_warm"))), verbose=0)
         warm = time.perf_counter() - start
-    finally:
-        if previous is None:
-            os.environ.pop("TLKERAS_HOME", None)
-        else:
-            os.environ["TLKERAS_HOME"] = previous
     return cold, float(result.metrics["accuracy"]), warm
