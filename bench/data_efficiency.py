@@ -81,7 +81,7 @@ def run(quick: bool, workdir) -> dict:
     return {
         "figures": {"fashion_mnist_accuracy": image, "rotten_tomatoes_accuracy": text,
                     "run_seconds_total": round(sum(seconds for _, seconds in scores.values()), 1),
-                    **{k: v for k, v in cfg.items()}},
+                    **cfg},
         "met": met,
         "summary": (f"Fashion-MNIST {key}/class: Lite0 features {_fmt(image, key, 'feature_extraction')}, "
                     f"fine-tuned {_fmt(image, key, 'fine_tuned')}, scratch {_fmt(image, key, 'scratch')} "

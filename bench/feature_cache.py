@@ -59,7 +59,7 @@ def run(quick: bool, workdir) -> dict:
             "backbone_forward_passes_baseline": passes_baseline,
             "backbone_forward_passes_tlkeras": passes_tlkeras,
             "forward_pass_ratio_bound": round(passes_tlkeras / passes_baseline, 3),
-            **{k: v for k, v in cfg.items()}, "train_images": n_train,
+            **cfg, "train_images": n_train,
             "validation_images": n_val, "test_images": n_test,
         },
         "met": ratio <= 0.2,

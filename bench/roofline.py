@@ -18,7 +18,8 @@ import os
 import sys
 import time
 
-from bench.common import median
+from bench.common import REPO, median
+from bench.common import run as run_command
 
 NAME = "roofline"
 TARGET = "report img/s, counted GFLOPs/img, % of measured fp32 matmul peak, and the best option per backbone"
@@ -167,9 +168,6 @@ def _images_per_second(fn, x, min_images: int) -> float:
 
 def _threading(name: str, cfg) -> dict:
     """Images/s of `name` in a fresh process per threading option (the default one first and last)."""
-    from bench.common import REPO
-    from bench.common import run as run_command
-
     def probe(option: str) -> float:
         intra, inter, env = THREADING[option]
         args = [name, cfg["size"], cfg["default_batch"], cfg["min_images"], intra, inter]
