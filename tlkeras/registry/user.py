@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import yaml
 
 from tlkeras import paths
+from tlkeras.files import sha256_file
 from tlkeras.registry.catalog import load_catalog
 from tlkeras.registry.entry import BackboneEntry, CatalogError, validate_entry
 
@@ -27,14 +27,6 @@ def weights_format(path: Path) -> str:
     raise CatalogError(
         f"cannot tell the format of {path}: use a .keras, .weights.h5 file or a SavedModel folder"
     )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def add_local(

