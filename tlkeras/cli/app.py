@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -55,6 +56,19 @@ class _LazyGroup(click.Group):
         except TlkerasError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+
+
+def show_library_log(name: str, fmt: str) -> logging.Logger:
+    """Sends logger `name`'s INFO messages to stderr, once: calling it again adds no second handler, and
+    the root logger (the user's, when tlkeras runs inside their program) is left alone."""
+    logger = logging.getLogger(name)
+    if not any(getattr(h, "_tlkeras_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+        handler._tlkeras_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

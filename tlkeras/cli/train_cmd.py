@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import click
@@ -15,14 +14,16 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 def _quiet_tensorflow() -> None:
     import os
 
+    from tlkeras.cli.app import show_library_log
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    show_library_log("tlkeras", "%(message)s")
 
 
 @click.command("train")
 @click.argument("recipe", type=click.Path())
 @set_option
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in the recipe's output_dir.")
+@click.option("--resume", is_flag=True, help="Continue the latest run in the recipe's output_dir, if unfinished.")
 @click.option("--verbose", type=click.IntRange(0, 2), default=1, help="1 progress bars, 2 a line per epoch.")
 def train(recipe, overrides, resume, verbose):
     """Train and evaluate a recipe; export it too if the recipe has an `export:` section."""
@@ -30,31 +31,28 @@ def train(recipe, overrides, resume, verbose):
     from tlkeras import recipes
 
     config = recipes.load_recipe(recipe, list(overrides))
-    if config.distribution == "mirrored":
-        from tlkeras.recipes.distribute import use_logical_cpus
-
-        use_logical_cpus(2)
     result = recipes.train(config, resume=resume, verbose=verbose)
     _print_metrics(result.metrics, result.run_dir)
     if config.export:
         from tlkeras.export import export_run
 
-        path = export_run(result.run_dir, config.export.base_dir, config.export.name or Path(result.run_dir).name,
+        path = export_run(result.run_dir, config.export.base_dir, config.export.name or None,
                           tflite=config.export.tflite)
         click.echo(f"exported: {path}")
 
 
 @click.command("evaluate")
 @click.argument("run_dir", type=click.Path())
-@click.option("--data", help="Image folder or CSV/Parquet table. Defaults to the recipe's test data.")
-@click.option("--out", "out_dir", type=click.Path(), help="Output folder. Defaults to RUN_DIR/evaluation.")
+@click.option("--data", help="Class folder or CSV/Parquet table. Defaults to the recipe's test data.")
+@click.option("--out", "out_dir", type=click.Path(), help="Output folder. Defaults to RUN/evaluation/<N>.")
 def evaluate(run_dir, data, out_dir):
-    """Evaluate a trained run: metrics.json, confusion matrix, ROC curves and report.html."""
+    """Evaluate a trained run (a run folder, or a recipe's output_dir for its latest run): metrics.json,
+    confusion matrix, ROC curves and report.html."""
     _quiet_tensorflow()
     from tlkeras.recipes import evaluate_run
 
     metrics = evaluate_run(run_dir, data=data, out_dir=out_dir)
-    _print_metrics(metrics, Path(out_dir or Path(run_dir) / "evaluation"))
+    _print_metrics(metrics, Path(metrics["files"][-1]).parent)
 
 
 @click.command("lr-find")
@@ -64,16 +62,18 @@ def evaluate(run_dir, data, out_dir):
 @click.option("--start", type=float, default=1e-6, show_default=True)
 @click.option("--end", type=float, default=1.0, show_default=True)
 def lr_find(recipe, overrides, steps, start, end):
-    """Learning-rate range test: saves lr_find.png and suggests a learning rate."""
+    """Learning-rate range test: suggests a learning rate and saves lr_find.png into OUTPUT_DIR/lr_find/<N>
+    (never into a run)."""
     _quiet_tensorflow()
     from tlkeras import recipes
+    from tlkeras.recipes.evaluate import _next_folder
     from tlkeras.recipes.lr_find import lr_find as run_range_test
 
-    trainer = recipes.Trainer(recipes.load_recipe(recipe, list(overrides)), verbose=0)
-    trainer.prepare()
-    result = run_range_test(trainer, trainer.run_dir, start=start, end=end, steps=steps)
-    click.echo(f"suggested learning rate: {result['suggested_learning_rate']:.3g} "
-               f"(plot: {trainer.run_dir / 'lr_find.png'})")
+    config = recipes.load_recipe(recipe, list(overrides))
+    trainer = recipes.Trainer.from_recipe(config, verbose=0)
+    out = _next_folder(Path(config.output_dir) / "lr_find")
+    result = run_range_test(trainer, out, start=start, end=end, steps=steps)
+    click.echo(f"suggested learning rate: {result['suggested_learning_rate']:.3g} (plot: {out / 'lr_find.png'})")
 
 
 def _print_metrics(metrics: dict, where: Path) -> None:

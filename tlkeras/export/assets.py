@@ -8,21 +8,20 @@ pay for graph initialisation.
 from __future__ import annotations
 
 import datetime
-import json
 import platform
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tlkeras import files
+
 ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000
-WARMUP_SENTENCES = ("A short example sentence to warm up the model.", "Another one, a little longer, with "
-                    "punctuation: commas, colons; and numbers like 42.")
 
 
 def write_json(path: str | Path, value: Any) -> None:
-    Path(path).write_text(json.dumps(value, indent=1, sort_keys=False, default=str) + "\n")
+    files.write_json(path, value)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -140,47 +139,3 @@ def write_warmup_requests(path: str | Path, logs: Iterable) -> int:
         for log in logs:
             writer.write(log.SerializeToString())
     return len(logs)
-
-
-def sample_images(image_size: Sequence[int]):
-    """list: Two small RGB uint8 images (a gradient and its mirror) at `image_size`, as numpy arrays."""
-    import numpy as np
-
-    height, width = int(image_size[0]), int(image_size[1])
-    rows = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    cols = np.linspace(0, 255, width, dtype=np.float32)[None, :]
-    gradient = np.stack([np.broadcast_to(rows, (height, width)), np.broadcast_to(cols, (height, width)),
-                         (rows + cols) / 2], axis=-1).astype(np.uint8)
-    return [gradient, gradient[::-1, ::-1].copy()]
-
-
-def image_warmup_logs(model_name: str, image_size: Sequence[int]) -> list:
-    """list: Warm-up requests for an image model: JPEG bytes for `serving_default`, pixels for
-    `serving_images`, at batch sizes 1 and 2 so both shapes get compiled."""
-    import numpy as np
-    import tensorflow as tf
-
-    from tlkeras.export.signatures import IMAGE_BYTES, IMAGES, SERVING_DEFAULT, SERVING_IMAGES
-
-    images = sample_images(image_size)
-    # A different size from the model's, so the resize path runs too.
-    jpegs = [tf.io.encode_jpeg(tf.image.resize(image, (37, 53)).numpy().astype("uint8")).numpy()
-             for image in images]
-    return [
-        predict_log(model_name, SERVING_DEFAULT, {IMAGE_BYTES: np.array(jpegs[:1], dtype=object)}),
-        predict_log(model_name, SERVING_DEFAULT, {IMAGE_BYTES: np.array(jpegs, dtype=object)}),
-        predict_log(model_name, SERVING_IMAGES, {IMAGES: np.stack(images)}),
-    ]
-
-
-def text_warmup_logs(model_name: str) -> list:
-    """list: Warm-up requests for a text model: one sentence, then a batch of two."""
-    import numpy as np
-
-    from tlkeras.export.signatures import SERVING_DEFAULT, TEXT
-
-    sentences = [s.encode() for s in WARMUP_SENTENCES]
-    return [
-        predict_log(model_name, SERVING_DEFAULT, {TEXT: np.array(sentences[:1], dtype=object)}),
-        predict_log(model_name, SERVING_DEFAULT, {TEXT: np.array(sentences, dtype=object)}),
-    ]

@@ -1,5 +1,6 @@
 """`export_model` (a Keras model + its preprocessing -> a served SavedModel version) and `export_run`
-(a training run directory -> the same)."""
+(a training run directory -> the same). The input kind supplies the serving signatures and warm-up
+requests; the task supplies the named outputs."""
 
 from __future__ import annotations
 
@@ -9,16 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tlkeras import inputs, tasks
 from tlkeras.errors import TlkerasError
-from tlkeras.export import assets, saved_model, signatures
-from tlkeras.export.run import InputSpec, parse_input_spec, read_run
+from tlkeras.evaluation import DEFAULT_THRESHOLD
+from tlkeras.export import assets, saved_model
+from tlkeras.inputs import InputSpec
+from tlkeras.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
-
-IMAGE_PREPROCESSING = ("tf.io.decode_image(channels=3, expand_animations=False) -> uint8 RGB (first GIF "
-                       "frame, alpha dropped) -> tf.image.resize({h}, {w}, bilinear, antialias=False), no "
-                       "crop -> float32 in [0, 255]; the model normalises inside")
-TEXT_PREPROCESSING = "in-graph tokenizer ({tokenizer}) to {length} tokens"
 
 
 class CustomOpsWarning(UserWarning):
@@ -26,23 +25,22 @@ class CustomOpsWarning(UserWarning):
 
 
 def export_model(model, base_dir: str | Path, name: str, *, task: str, labels: Sequence[str],
-                 input_spec: InputSpec | dict, tokenizer=None, version: int | None = None,
-                 tflite: bool = False, threshold: float = signatures.DEFAULT_THRESHOLD,
-                 backbone: str = "", config: dict | None = None, metrics: Any = None,
-                 data_fingerprint: str | None = None) -> Path:
+                 input_spec: InputSpec | dict, preprocessor=None, version: int | None = None,
+                 tflite: bool = False, threshold: float = DEFAULT_THRESHOLD, backbone: str = "",
+                 config: dict | None = None, metrics: Any = None, data_fingerprint: str | None = None) -> Path:
     """Path: Writes `model` with its preprocessing as version `base_dir/name/<version>` for TF Serving.
 
     Args:
-        model: keras.Model. Image models take float32 RGB in [0, 255] (B, H, W, 3); text models take
-            {"token_ids", "padding_mask"} int32 (B, L), or strings when `tokenizer` is None.
+        model: keras.Model. Takes its input kind's canonical inputs: float32 RGB pixels in [0, 255]
+            (B, H, W, 3) for images; the tokenizer's dict for texts (or strings when `preprocessor` is None).
         base_dir: str or Path. The model base folder TF Serving is pointed at.
         name: str. The served model name, a folder under `base_dir`.
         task: str. "classification", "multilabel" or "regression".
         labels: list of str. Output names in order; empty for regression.
-        input_spec: InputSpec or dict. `{kind: image, image_size: [H, W]}` or `{kind: text,
+        input_spec: InputSpec or dict. E.g. `{kind: image, image_size: [H, W]}` or `{kind: text,
             sequence_length: L}`.
-        tokenizer: callable. For text models, maps a tf.string batch to the model's inputs, e.g. a
-            keras-hub `TextClassifierPreprocessor`. Defaults to None.
+        preprocessor: the layer mapping raw inputs to the model's (a text model's keras-hub tokenizer).
+            Defaults to None.
         version: int. Version to write. Defaults to the largest existing version + 1.
         tflite: bool. Also write `assets.extra/model.tflite`. Defaults to False.
         threshold: float. Multilabel decision threshold. Defaults to 0.5.
@@ -59,29 +57,14 @@ def export_model(model, base_dir: str | Path, name: str, *, task: str, labels: S
     ...              input_spec={"kind": "image", "image_size": [96, 96]})
     PosixPath('models/fashion/1')
     """
-    spec = input_spec if isinstance(input_spec, InputSpec) else parse_input_spec(input_spec)
+    spec = input_spec if isinstance(input_spec, InputSpec) else inputs.parse_spec(input_spec)
+    kind = inputs.get(spec.kind)
+    task = tasks.get(task)
     _check_name(name)
-    if task not in signatures.OUTPUTS:
-        raise TlkerasError(f"task must be one of {', '.join(signatures.OUTPUTS)}. Received: task={task!r}")
     _check_model(model, task, labels, spec)
-
-    if spec.kind == "image":
-        functions = signatures.image_signatures(model, spec.image_size, task, labels, threshold)
-        tracked = []
-        preprocessing = IMAGE_PREPROCESSING.format(h=spec.image_size[0], w=spec.image_size[1])
-        warmup = assets.image_warmup_logs(name, spec.image_size)
-    else:
-        if tokenizer is None and not _takes_strings(model):
-            raise TlkerasError("a text model taking token ids needs its tokenizer: pass tokenizer="
-                               "backbones.load_tokenizer(backbone, sequence_length)")
-        if tokenizer is not None:
-            _build_tokenizer(tokenizer)
-        functions = signatures.text_signatures(model, tokenizer, task, labels, threshold)
-        tracked = [tokenizer] if tokenizer is not None else []
-        preprocessing = TEXT_PREPROCESSING.format(
-            tokenizer=type(tokenizer).__name__ if tokenizer is not None else "inside the model",
-            length=spec.sequence_length)
-        warmup = assets.text_warmup_logs(name)
+    functions = kind.signatures(model, spec, task, labels, threshold, preprocessor)
+    tracked = [preprocessor] if preprocessor is not None else []
+    warmup = [assets.predict_log(name, signature, request) for signature, request in kind.warmup_inputs(spec)]
 
     def write(tmp_dir: Path, version_number: int) -> None:
         saved_model.save_signatures(tmp_dir, functions, tracked)
@@ -96,10 +79,11 @@ def export_model(model, base_dir: str | Path, name: str, *, task: str, labels: S
         assets.write_json(extra_dir / "labels.json", list(labels))
         assets.write_warmup_requests(extra_dir / assets.WARMUP_FILE, warmup)
         card = assets.model_card(
-            name=name, version=version_number, task=task, backbone=backbone, input_spec=spec.to_dict(),
-            labels=labels, signatures=describe_signatures(functions), preprocessing=preprocessing,
-            custom_ops=custom_ops, config=config, metrics=metrics, data_fingerprint=data_fingerprint,
-            threshold=threshold if task == "multilabel" else None, extra=extra,
+            name=name, version=version_number, task=task.name, backbone=backbone, input_spec=spec.to_dict(),
+            labels=labels, signatures=describe_signatures(functions),
+            preprocessing=kind.preprocessing_description(spec, preprocessor), custom_ops=custom_ops, config=config,
+            metrics=metrics, data_fingerprint=data_fingerprint,
+            threshold=threshold if task.name == "multilabel" else None, extra=extra,
         )
         assets.write_json(extra_dir / "model_card.json", card)
         if custom_ops:
@@ -112,12 +96,14 @@ def export_model(model, base_dir: str | Path, name: str, *, task: str, labels: S
 
 def export_run(run_dir: str | Path, base_dir: str | Path | None = None, name: str | None = None,
                version: int | None = None, tflite: bool = False) -> Path:
-    """Path: Exports a training run directory as a new TF Serving version, preprocessing included.
+    """Path: Exports a training run as a new TF Serving version, preprocessing included.
 
     Args:
-        run_dir: str or Path. A folder written by `tlkeras train` (config.yaml, labels.json, model.keras).
+        run_dir: str or Path. A run folder written by `tlkeras train`, or a recipe's output_dir (its
+            latest run).
         base_dir: str or Path. The model base folder. Defaults to the recipe's `export.base_dir`.
-        name: str. The served model name. Defaults to the recipe's `export.name`, else the run folder's name.
+        name: str. The served model name. Defaults to the recipe's `export.name`, else the recipe's
+            output folder name.
         version: int. Version to write. Defaults to the largest existing version + 1.
         tflite: bool. Also write `assets.extra/model.tflite`. Defaults to the recipe's `export.tflite`.
 
@@ -127,42 +113,48 @@ def export_run(run_dir: str | Path, base_dir: str | Path | None = None, name: st
     >>> export_run("runs/fashion", "models", "fashion")
     PosixPath('models/fashion/1')
     """
-    run = read_run(run_dir)
-    options = run.export_options
+    run = RunDir.open(run_dir)
+    run.check_complete()
+    config = run.config()
+    options = config.get("export") or {}
     base_dir = base_dir or options.get("base_dir")
     if not base_dir:
         raise TlkerasError("no export folder: pass --base-dir MODELS or set export.base_dir in the recipe. "
-                           f"Received: run_dir={str(run.run_dir)!r}")
-    name = name or options.get("name") or run.run_dir.resolve().name
+                           f"Received: run_dir={str(run.path)!r}")
+    name = name or options.get("name") or _default_name(run)
     tflite = bool(tflite or options.get("tflite", False))
-    threshold = float(options.get("threshold", signatures.DEFAULT_THRESHOLD))
-
-    model = load_run_model(run.model_path)
-    tokenizer = None
-    if run.input.kind == "text" and not _takes_strings(model):
+    threshold = float(options.get("threshold", DEFAULT_THRESHOLD))
+    spec = run.input_spec(config)
+    model = load_run_model(run.model_file)
+    preprocessor = None
+    if not _takes_strings(model):
         from tlkeras import backbones
 
-        tokenizer = backbones.load_tokenizer(run.backbone, run.input.sequence_length)
+        preprocessor = backbones.load_preprocessor(config["backbone"], spec.sequence_length)
     return export_model(
-        model, base_dir, name, task=run.task, labels=run.labels, input_spec=run.input, tokenizer=tokenizer,
-        version=version, tflite=tflite, threshold=threshold, backbone=run.backbone, config=run.config,
-        metrics=run.metrics, data_fingerprint=run.data_fingerprint,
+        model, base_dir, name, task=config["task"], labels=run.labels(config["task"]), input_spec=spec,
+        preprocessor=preprocessor, version=version, tflite=tflite, threshold=threshold, backbone=config["backbone"],
+        config=run.recipe_config(), metrics=run.metrics(), data_fingerprint=run.data_fingerprint(),
     )
+
+
+def _default_name(run: RunDir) -> str:
+    # runs/<recipe>/<N>: the recipe's folder names the model, not the run number.
+    folder = run.path.resolve()
+    return folder.parent.name if folder.name.isdigit() else folder.name
 
 
 def load_run_model(path: str | Path):
     """keras.Model: Loads a run's `model.keras`, with tlkeras's custom layers registered."""
     import keras
 
-    try:
-        import tlkeras.backbones  # noqa: F401 - registers custom layers for deserialisation
-    except ImportError as err:
-        logger.debug("tlkeras.backbones unavailable (%s); loading with Keras layers only", err)
+    import tlkeras.layers  # noqa: F401 - registers custom layers for deserialisation
+
     try:
         return keras.models.load_model(path, compile=False)
     except (ValueError, TypeError, OSError) as err:
         raise TlkerasError(f"cannot load {path} ({str(err).splitlines()[0]}); re-train or check that "
-                           "tlkeras matches the version that trained it") from None
+                           "tlkeras matches the version that trained it") from err
 
 
 def describe_signatures(functions) -> dict[str, dict]:
@@ -170,28 +162,28 @@ def describe_signatures(functions) -> dict[str, dict]:
     described = {}
     for sig_name, function in functions.items():
         concrete = function.get_concrete_function()
-        inputs = {spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
-                  for spec in function.input_signature}
+        inputs_ = {spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
+                   for spec in function.input_signature}
         outputs = {key: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
                    for key, spec in concrete.structured_outputs.items()}
-        described[sig_name] = {"inputs": inputs, "outputs": outputs}
+        described[sig_name] = {"inputs": inputs_, "outputs": outputs}
     return described
 
 
 def _check_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or name.isdigit():
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name.isdigit() or "\0" in name:
         raise TlkerasError("model name must be a plain folder name (not a number, no '/', not starting "
                            f"with '.'). Received: name={name!r}")
 
 
-def _check_model(model, task: str, labels: Sequence[str], spec: InputSpec) -> None:
+def _check_model(model, task, labels: Sequence[str], spec: InputSpec) -> None:
     output_shape = getattr(model, "output_shape", None)
     if isinstance(output_shape, tuple) and output_shape and isinstance(output_shape[-1], int):
         width = output_shape[-1]
-        if task != "regression" and width != len(labels):
+        if task.name != "regression" and width != len(labels):
             raise TlkerasError(f"model has {width} outputs but labels.json lists {len(labels)} names; they "
                                f"must match, in output order. Received: labels={list(labels)!r}")
-    if spec.kind == "image":
+    if spec.image_size is not None:
         input_shape = getattr(model, "input_shape", None)
         if isinstance(input_shape, tuple) and len(input_shape) == 4:
             size = tuple(input_shape[1:3])
@@ -204,11 +196,3 @@ def _check_model(model, task: str, labels: Sequence[str], spec: InputSpec) -> No
 def _takes_strings(model) -> bool:
     structure = model.input
     return not isinstance(structure, (dict, list, tuple)) and structure.dtype == "string"
-
-
-def _build_tokenizer(tokenizer) -> None:
-    import tensorflow as tf
-
-    # ExportArchive only tracks built layers; one call builds a keras-hub preprocessor.
-    tokenizer(tf.constant(["build"]))
-

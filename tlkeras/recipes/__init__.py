@@ -7,6 +7,7 @@ Example:
 """
 
 from tlkeras.recipes.config import Recipe, load_recipe, parse_recipe
-from tlkeras.recipes.trainer import RunResult, Trainer, evaluate_run, train
+from tlkeras.recipes.evaluate import evaluate_run
+from tlkeras.recipes.trainer import RunResult, Trainer, train
 
 __all__ = ["Recipe", "RunResult", "Trainer", "evaluate_run", "load_recipe", "parse_recipe", "train"]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import keras
 
+from tlkeras import files
 from tlkeras.recipes.config import CallbacksConfig
+from tlkeras.run_dir import RunDir
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -53,7 +55,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         # A run fits once per stage, and may be resumed: start from the best value saved so far, so a
         # later stage only replaces the checkpoint with a better model.
         if self.best is None and self._record.exists():
-            self.best = json.loads(self._record.read_text()).get(self.monitor)
+            try:
+                self.best = json.loads(self._record.read_text()).get(self.monitor)
+            except (OSError, json.JSONDecodeError, AttributeError):
+                self.best = None  # a damaged record: the next epoch sets it again
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -61,9 +66,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best = float(value)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.model.save_weights(self._weights)
-            self._record.write_text(json.dumps({self.monitor: self.best}))
+            with files.atomic_path(self._weights) as tmp:
+                self.model.save_weights(tmp)
+            files.write_json(self._record, {self.monitor: self.best})
             self._improved = True
 
     def on_train_end(self, logs=None):
@@ -73,31 +78,31 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.model.load_weights(self._weights)
         if self.before_save is not None:
             self.before_save()
-        self.model_to_save.save(self.path)
+        with files.atomic_path(self.path) as tmp:
+            self.model_to_save.save(tmp)
         self.model.set_weights(current)
         self._improved = False
 
 
-def build_callbacks(config: CallbacksConfig, run_dir: Path, stage_index: int, full_model, monitor: str,
+def build_callbacks(config: CallbacksConfig, run: RunDir, stage_index: int, full_model, monitor: str,
                     before_best_save=None):
     """The Keras callbacks for one stage of a run.
 
     Args:
         config: CallbacksConfig. What the recipe enabled.
-        run_dir: Path. The run directory.
+        run: RunDir. The run directory.
         stage_index: int. Each stage keeps its own BackupAndRestore folder.
         full_model: keras.Model. The backbone + head model, for the best checkpoint.
         monitor: str. "val_loss", or "loss" when there is no validation data.
         before_best_save: callable or None. `BestModelCheckpoint`'s `before_save`.
     """
-    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
+    callbacks = [keras.callbacks.CSVLogger(str(run.history_csv), append=True)]
     if config.backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "backup" / f"stage_{stage_index}")))
+        callbacks.append(keras.callbacks.BackupAndRestore(str(run.backup_dir(stage_index))))
     if config.checkpoint:
-        callbacks.append(BestModelCheckpoint(full_model, run_dir / "checkpoints" / "best.keras", monitor,
-                                             before_save=before_best_save))
+        callbacks.append(BestModelCheckpoint(full_model, run.best_model, monitor, before_save=before_best_save))
     if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
+        callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard_dir), write_graph=False))
     if config.early_stopping:
         es = config.early_stopping
         callbacks.append(keras.callbacks.EarlyStopping(

@@ -24,9 +24,10 @@ from typing import Any, Literal
 
 import yaml
 
-from tlkeras.schema import SchemaError, from_dict, to_dict
+from tlkeras import tasks
+from tlkeras.evaluation import DEFAULT_THRESHOLD
+from tlkeras.schema import SchemaError, bounded, from_dict, to_dict
 
-Task = Literal["classification", "multilabel", "regression"]
 Strategy = Literal["feature_extraction", "layer_retraining", "gradual_unfreezing", "fine_tuning", "weight_init"]
 
 
@@ -34,65 +35,65 @@ Strategy = Literal["feature_extraction", "layer_retraining", "gradual_unfreezing
 class DataConfig:
     train: str = ""
     validation: str | None = None
-    validation_split: float = 0.0
+    validation_split: float = bounded(0.0, 0.0, 1.0, open_high=True)
     test: str | None = None
-    path_column: str | None = None  # tables of images: column of file paths
+    path_column: str | None = None  # tables of files (images): column of file paths
     text_column: str | None = None  # tables of texts
     label_column: str | tuple[str, ...] = "label"  # a list for multi-target regression
     label_separator: str = "|"  # multilabel cells, e.g. "cat|dog"
-    image_size: tuple[int, ...] = ()  # (height, width); defaults to the backbone's input size
-    sequence_length: int | None = None  # defaults to the backbone's
-    batch_size: int = 32
+    image_size: tuple[int, ...] = bounded((), 1, 8192)  # (height, width); defaults to the backbone's input size
+    sequence_length: int | None = bounded(None, 1, 65536)  # defaults to the backbone's
+    batch_size: int = bounded(32, 1, 65536)
     # Feature extraction, validation and prediction. Batch 8 ran EfficientNet-Lite0 forward passes 1.27x
     # faster than batch 32 on a 2-core CPU and VGG16 no slower (bench/results/RESULTS.md, roofline).
-    inference_batch_size: int = 8
-    skip_corrupt: bool = False  # skip undecodable images (reported) instead of failing
+    inference_batch_size: int = bounded(8, 1, 65536)
+    skip_corrupt: bool = False  # skip unreadable inputs (listed in skipped.txt) instead of failing
     cache_features: bool = True  # reuse frozen-backbone features across epochs and runs
 
 
 @dataclass
 class HeadConfig:
-    hidden_units: tuple[int, ...] = ()
-    dropout: float = 0.2
+    hidden_units: tuple[int, ...] = bounded((), 1, 1 << 20)
+    dropout: float = bounded(0.2, 0.0, 1.0, open_high=True)
     activation: str = "relu"
 
 
 @dataclass
 class StageConfig:
-    epochs: int = 1
-    unfreeze: int | str | tuple[str, ...] = 0  # top N groups, "all", or group/layer-name prefixes
-    learning_rate: float | None = None  # defaults to the schedule's
+    epochs: int = bounded(1, 0, 100000)
+    unfreeze: int | str | tuple[str, ...] = bounded(0, 0)  # top N groups, "all", or group/layer-name prefixes
+    learning_rate: float | None = bounded(None, 0.0, 10.0, open_low=True)  # defaults to the schedule's
 
 
 @dataclass
 class ScheduleConfig:
     strategy: Strategy = "feature_extraction"
-    epochs: int = 10
-    learning_rate: float = 1e-3
+    epochs: int = bounded(10, 0, 100000)
+    learning_rate: float = bounded(1e-3, 0.0, 10.0, open_low=True)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: float = 1e-4
-    backbone_lr_multiplier: float = 0.1  # discriminative LR: backbone LR = this × head LR
-    head_epochs: int = 0  # layer_retraining / fine_tuning: head-only epochs before unfreezing
-    unfreeze: int | str | tuple[str, ...] = 1  # layer_retraining: top N groups, or prefixes
+    weight_decay: float = bounded(1e-4, 0.0, 1.0)
+    backbone_lr_multiplier: float = bounded(0.1, 0.0, 100.0)  # discriminative LR: backbone LR = this × head LR
+    head_epochs: int = bounded(0, 0, 100000)  # layer_retraining / fine_tuning: head-only epochs before unfreezing
+    unfreeze: int | str | tuple[str, ...] = bounded(1, 0)  # layer_retraining: top N groups, or prefixes
     unfreeze_unit: Literal["groups", "layers"] = "groups"
     stages: tuple[StageConfig, ...] = ()  # gradual_unfreezing; empty = one more group per stage
     lr_schedule: Literal["constant", "cosine", "one_cycle"] = "constant"
-    warmup_fraction: float = 0.0  # of each stage's steps, for cosine / one_cycle
-    label_smoothing: float = 0.0
+    warmup_fraction: float = bounded(0.0, 0.0, 1.0)  # of each stage's steps, for cosine / one_cycle
+    label_smoothing: float = bounded(0.0, 0.0, 1.0, open_high=True)
     recalibrate_batchnorm: bool = True  # after stages that train BN (weight_init): precise BN statistics
 
 
 @dataclass
 class AugmentConfig:
     flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
-    rotation: float = 0.0  # fraction of a full turn
-    zoom: float = 0.0
-    contrast: float = 0.0
-    translation: float = 0.0
+    rotation: float = bounded(0.0, 0.0, 1.0)  # fraction of a full turn
+    zoom: float = bounded(0.0, 0.0, 1.0, open_high=True)
+    contrast: float = bounded(0.0, 0.0, 1.0)
+    translation: float = bounded(0.0, 0.0, 1.0)
     rand_augment: bool = False
-    random_erasing: float = 0.0  # probability
-    mixup: float = 0.0  # alpha; 0 disables
-    cutmix: float = 0.0  # alpha; 0 disables
+    random_erasing: float = bounded(0.0, 0.0, 1.0)  # probability
+    mixup: float = bounded(0.0, 0.0, 100.0)  # alpha; 0 disables
+    cutmix: float = bounded(0.0, 0.0, 100.0)  # alpha; 0 disables
 
     def enabled(self) -> bool:
         return self != AugmentConfig()
@@ -101,16 +102,16 @@ class AugmentConfig:
 @dataclass
 class EarlyStoppingConfig:
     monitor: str = "val_loss"
-    patience: int = 3
+    patience: int = bounded(3, 0, 100000)
     restore_best_weights: bool = True
 
 
 @dataclass
 class ReduceOnPlateauConfig:
     monitor: str = "val_loss"
-    factor: float = 0.3
-    patience: int = 2
-    min_lr: float = 1e-6
+    factor: float = bounded(0.3, 0.0, 1.0, open_low=True, open_high=True)
+    patience: int = bounded(2, 0, 100000)
+    min_lr: float = bounded(1e-6, 0.0, 10.0)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class ExportConfig:
     base_dir: str = "models"
     name: str = ""
     tflite: bool = False
+    threshold: float = bounded(DEFAULT_THRESHOLD, 0.0, 1.0)  # multilabel: score at which a label is predicted
 
 
 @dataclass
@@ -135,7 +137,7 @@ class Recipe:
     """A whole training recipe. `backbone` and `data.train` are required."""
 
     backbone: str = ""
-    task: Task = "classification"
+    task: str = "classification"  # a name in tlkeras.tasks
     backbone_weights: Literal["pretrained", "random"] = "pretrained"
     data: DataConfig = field(default_factory=DataConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -143,7 +145,7 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     distribution: Literal["none", "mirrored", "multi_worker", "tpu"] = "none"
-    seed: int = 0
+    seed: int = bounded(0, 0, 2**31 - 1)
     output_dir: str = "runs/run"
     export: ExportConfig | None = None
     name: str = ""
@@ -161,16 +163,24 @@ def parse_recipe(raw: dict[str, Any], overrides: list[str] = (), base_dir: Path 
     Example:
     >>> parse_recipe({"backbone": "minilm_l6_v2", "data": {"train": "t.csv"}}, ["schedule.epochs=3"])
     """
-    raw = copy.deepcopy(dict(raw or {}))  # overrides write into nested sections: keep the caller's intact
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SchemaError(f"a recipe is a mapping of keys (backbone, data, schedule, ...). Received: {type(raw).__name__}")
+    raw = copy.deepcopy(raw)  # overrides write into nested sections: keep the caller's intact
     for override in overrides:
         _apply_override(raw, override)
     recipe = from_dict(Recipe, raw)
+    try:
+        tasks.get(recipe.task)
+    except tasks.UnknownTaskError as err:
+        raise SchemaError(str(err)) from None
+    if recipe.data.image_size and len(recipe.data.image_size) != 2:
+        raise SchemaError(f"'data.image_size' is [height, width]. Received: data.image_size={list(recipe.data.image_size)}")
     if not recipe.backbone:
         raise SchemaError("the recipe needs 'backbone': a registry name (see `tlkeras registry list`)")
     if not recipe.data.train:
         raise SchemaError("the recipe needs 'data.train': an image folder or a CSV/Parquet file")
-    if not 0.0 <= recipe.data.validation_split < 1.0:
-        raise SchemaError(f"'data.validation_split' is in [0, 1). Received: {recipe.data.validation_split}")
     if recipe.callbacks.reduce_on_plateau and recipe.schedule.lr_schedule != "constant":
         # Keras cannot change a scheduled learning rate: the first plateau would end the run.
         raise SchemaError("callbacks.reduce_on_plateau needs schedule.lr_schedule: constant; drop one of them. "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tlkeras.errors import TlkerasError
 
 
@@ -31,6 +33,8 @@ def make_strategy(name: str):
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
+        if not tf.config.list_physical_devices("GPU"):
+            use_logical_cpus(os.cpu_count() or 1)  # one replica per core, if TensorFlow has not started yet
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-ACTIVATIONS = {"classification": "softmax", "multilabel": "sigmoid", "regression": None}
+from tlkeras import tasks
 
 
 def build_head(feature_dim: int, task: str, n_outputs: int, hidden_units=(), dropout: float = 0.2,
@@ -14,10 +14,11 @@ def build_head(feature_dim: int, task: str, n_outputs: int, hidden_units=(), dro
 
     Args:
         feature_dim: int. Size of the backbone's pooled features.
-        task: str. "classification" (softmax), "multilabel" (sigmoid) or "regression" (linear).
+        task: str. A task name; the output activation is the task's (softmax, sigmoid, linear).
         n_outputs: int. Classes, labels or regression targets.
         hidden_units: list of int. Hidden Dense layers. Defaults to none: a linear probe.
         dropout: float. Dropout before each Dense layer. Defaults to 0.2.
+        activation: str. Activation of the hidden layers. Defaults to "relu".
 
     Example:
     >>> head = build_head(1280, "classification", n_outputs=10)
@@ -30,18 +31,5 @@ def build_head(feature_dim: int, task: str, n_outputs: int, hidden_units=(), dro
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 outputs keep the softmax stable under mixed precision.
-    outputs = keras.layers.Dense(n_outputs, activation=ACTIVATIONS[task], dtype="float32", name="outputs")(x)
+    outputs = keras.layers.Dense(n_outputs, activation=tasks.get(task).activation, dtype="float32", name="outputs")(x)
     return keras.Model(features, outputs, name="head")
-
-
-def loss_and_metrics(task: str, label_smoothing: float = 0.0, one_hot: bool = False):
-    """The Keras loss and metrics for a task. Classification targets are class ids unless `one_hot`."""
-    if task == "classification":
-        if one_hot or label_smoothing:
-            return (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-                    [keras.metrics.CategoricalAccuracy(name="accuracy")])
-        return keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    if task == "multilabel":
-        return (keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
-                [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc", multi_label=True)])
-    return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(name="mae")]

@@ -3,12 +3,13 @@ record the loss, and suggest the rate where the loss falls fastest."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import keras
 import numpy as np
+
+from tlkeras import files
 
 
 class _RangeTest(keras.callbacks.Callback):
@@ -49,43 +50,30 @@ def suggest_learning_rate(rates, losses, smoothing: float = 0.9) -> float:
 
 
 def lr_find(trainer, out_dir: Path, start: float = 1e-6, end: float = 1.0, steps: int = 100) -> dict:
-    """Runs the range test for the first stage of a prepared `Trainer`; saves lr_find.png/.json.
+    """Runs the range test for the first stage of a `Trainer`; saves lr_find.png/.json into `out_dir`.
 
     Returns:
         dict with `suggested_learning_rate`, `learning_rates` and `losses`.
     """
-    import tensorflow as tf
-
-    from tlkeras.recipes.freezing import apply_stage
-
     stage = trainer.stages()[0]
-    batch_size = trainer.recipe.data.batch_size
-    if trainer.uses_feature_cache():
-        model = trainer.head_on_features
-        pairs = (trainer.cached_features(trainer.splits.train), trainer._targets(trainer.splits.train))
-        data = tf.data.Dataset.from_tensor_slices(pairs).shuffle(len(pairs[0])).batch(batch_size)
-    else:
-        model = trainer.model
-        apply_stage(trainer.backbone, stage, trainer.entry.layer_groups, trainer.recipe.schedule.unfreeze_unit)
-        data = trainer.dataset(trainer.splits.train, training=True)
-    trainer._compile(model, stage, steps=steps)
+    model, data = trainer.training_setup(stage)
+    trainer.compile(model, stage, steps=steps)
     weights = model.get_weights()
     test = _RangeTest(start, end, steps)
     model.fit(data.repeat(), steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[test])
     model.set_weights(weights)  # the test must not leave its traces in the model
     rates = test.rates[: len(test.losses)]
     suggestion = suggest_learning_rate(rates, test.losses)
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = {"suggested_learning_rate": suggestion, "learning_rates": rates.tolist(), "losses": test.losses}
-    (out_dir / "lr_find.json").write_text(json.dumps(result, indent=1))
-    _plot(rates, test.losses, suggestion, out_dir / "lr_find.png")
+    files.write_json(out_dir / "lr_find.json", result)
+    files.write_bytes(out_dir / "lr_find.png", _plot(rates, test.losses, suggestion))
     return result
 
 
-def _plot(rates, losses, suggestion, path: Path) -> None:
-    from matplotlib.figure import Figure
+def _plot(rates, losses, suggestion) -> bytes:
+    from tlkeras import plots
 
-    figure = Figure(figsize=(6, 4))
+    figure = plots.figure(6, 4)
     axes = figure.subplots()
     axes.plot(rates, losses)
     axes.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.2g}")
@@ -93,5 +81,4 @@ def _plot(rates, losses, suggestion, path: Path) -> None:
     axes.set_xlabel("learning rate")
     axes.set_ylabel("training loss")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    return plots.png_bytes(figure)

@@ -56,17 +56,15 @@ class BackboneEntry:
 
     # Input and preprocessing.
     input_size: tuple[int, ...] = ()  # (height, width) for images; () when any size works
-    input_dtype: str = "float32"
-    input_range: tuple[float, ...] = (0.0, 255.0)
     channel_order: str = "RGB"
     pixel_mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    crop_fraction: float = 1.0  # centre crop at evaluation, e.g. 0.875
     sequence_length: int | None = None  # text: default tokenised length
-    sample_rate: int | None = None  # audio: Hz
+    sample_rate: int | None = None  # audio: the rate the network takes, Hz
     preprocessing: str = ""  # a human-readable summary
     feature_dim: int | None = None
-    pooling: str = "avg"  # avg | max | cls | mean (text: masked mean)
+    pooling: str = "avg"  # feature maps: avg | max; tokens: cls | mean (text: masked mean) | last
+    submodel: str = ""  # keras-hub: use this attribute of the built backbone, e.g. CLIP's "vision_encoder"
 
     # Reported accuracy.
     accuracy: float | None = None  # a fraction in [0, 1]
@@ -79,14 +77,20 @@ class BackboneEntry:
     paper: str = ""
     caveats: tuple[str, ...] = ()  # what a user should know: quantised weights, undeclared licence, ...
 
-    # Transfer learning: layer-name prefixes from input to output, used by freezing schedules.
+    # Transfer learning: layer-name prefixes from input to output, used by freezing schedules; "name_*"
+    # stands for one group per number (transformer blocks). No groups: the backbone is one group.
     layer_groups: tuple[str, ...] = ()
+    # What tlkeras can do with it: feature_extraction, fine_tuning. Empty, with the reason in `unsupported`,
+    # for entries the loader cannot serve yet.
+    supports: tuple[str, ...] = ("feature_extraction", "fine_tuning")
+    unsupported: str = ""  # why something is missing from `supports`
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in field_names()}
 
 
 _CHOICES = {"source": SOURCES, "domain": DOMAINS}
+CAPABILITIES = ("feature_extraction", "fine_tuning")
 
 
 @functools.cache
@@ -115,6 +119,11 @@ def validate_entry(raw: dict[str, Any]) -> BackboneEntry:
             raise CatalogError(
                 f"'{key}' must be one of {', '.join(choices)}. Received: {key}={getattr(entry, key)!r}"
             )
+    unknown = sorted(set(entry.supports) - set(CAPABILITIES))
+    if unknown:
+        raise CatalogError(f"'supports' lists only {', '.join(CAPABILITIES)}. Received: supports={list(entry.supports)}")
+    if set(entry.supports) != set(CAPABILITIES) and not entry.unsupported:
+        raise CatalogError("an entry that does not support everything says why in 'unsupported'")
     if entry.accuracy is not None and not 0.0 <= entry.accuracy <= 1.0:
         raise CatalogError(f"'accuracy' is a fraction in [0, 1]. Received: accuracy={entry.accuracy}")
     return entry

@@ -1,4 +1,5 @@
-"""Small serialisable layers that backbones put around pre-trained networks."""
+"""Keras layers tlkeras puts around pre-trained networks: input normalisation and pooling. They are
+registered as serialisable, so saved models reload wherever `tlkeras.layers` is imported."""
 
 from __future__ import annotations
 
@@ -57,4 +58,13 @@ class FirstTokenPooling(keras.layers.Layer):
         return sequence[:, 0, :]
 
 
+@keras.saving.register_keras_serializable(package="tlkeras")
+class TokenMeanPooling(keras.layers.Layer):
+    """Averages all token vectors of (B, L, H), e.g. the patch tokens of a vision transformer."""
+
+    def call(self, sequence, padding_mask=None):
+        return ops.mean(sequence, axis=1)
+
+
 TEXT_POOLING = {"mean": MaskedMeanPooling, "cls": FirstTokenPooling}
+TOKEN_POOLING = {"cls": FirstTokenPooling, "mean": TokenMeanPooling}

@@ -1,0 +1,147 @@
+"""`InputKind`: everything that differs between images, texts and audio, behind one interface, and
+`InputSpec`, what a trained model takes. Each kind lives in its own module (`image.py`, `text.py`, ...)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from tlkeras.errors import TlkerasError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes, as written in a run's `config.yaml` (`input:`) and a model card.
+
+    Attributes:
+        kind: str. The input kind's name ("image", "text", ...).
+        image_size: (height, width) for images, else None.
+        sequence_length: int for texts, else None.
+        sample_rate: int for audio (Hz), else None.
+        clip_seconds: float for audio: every clip is padded or trimmed to this length, else None.
+    """
+
+    kind: str
+    image_size: tuple[int, int] | None = None
+    sequence_length: int | None = None
+    sample_rate: int | None = None
+    clip_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """dict: the set fields, lists for tuples (YAML- and JSON-ready)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
+
+
+class InputKind:
+    """One input kind. Subclasses override what differs; the defaults suit kinds read from files.
+
+    Attributes:
+        name: str. "image", "text", ...
+        file_extensions: tuple of str. Lower-case extensions of this kind's files in class folders;
+            empty when the kind's data comes in tables only.
+        table_column: str. The column a table holds this kind's inputs in by default.
+        spec_fields: tuple of str. The `InputSpec` fields this kind sets.
+    """
+
+    name: str = ""
+    file_extensions: tuple[str, ...] = ()
+    table_column: str = ""
+    spec_fields: tuple[str, ...] = ()
+
+    @property
+    def reads_files(self) -> bool:
+        """bool: inputs are file paths (images, audio) rather than the data itself (texts)."""
+        return bool(self.file_extensions)
+
+    # ------------------------------------------------------------------------------------ input spec
+    def spec(self, entry, data) -> InputSpec:
+        """InputSpec: the input a recipe trains at, from the backbone's entry and the recipe's `data`."""
+        raise NotImplementedError
+
+    def parse_spec(self, raw: dict) -> InputSpec:
+        """InputSpec: a spec read back from a run's config.yaml, checked."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------------------------------- checking
+    def check(self, items: Sequence[str], skip: bool) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """Checks that every input can be read, so a bad file fails now rather than mid-epoch.
+
+        Returns:
+            `(ok, bad)`: a boolean mask over `items`, and `(item, reason)` for each bad one. With
+            `skip=False` a bad item raises instead, naming `data.skip_corrupt`.
+        """
+        return np.ones(len(items), dtype=bool), []
+
+    def fingerprint_item(self, item: str) -> bytes:
+        """bytes: what identifies one input in a data set's fingerprint (cheap: no file is read)."""
+        return item.encode("utf-8", "surrogatepass")
+
+    def content_key(self, item: str) -> str:
+        """str: a hash of one input's content, the per-example key of the feature cache."""
+        return hashlib.sha256(item.encode("utf-8", "surrogatepass")).hexdigest()
+
+    # ------------------------------------------------------------------------------ building models
+    def network_input(self, spec: InputSpec):
+        """keras.KerasTensor: the input a SavedModel / TF-Hub module of this kind takes."""
+        raise NotImplementedError
+
+    def feature_extractor(self, entry, network, spec: InputSpec):
+        """keras.Model: `network` wrapped to take this kind's canonical inputs and return pooled
+        features (B, feature_dim)."""
+        raise NotImplementedError
+
+    def preprocessor(self, entry, handle: str, spec: InputSpec):
+        """The layer mapping raw inputs to what the extractor takes (a tokenizer), or None when the
+        kind's own decoding is enough."""
+        return None
+
+    def cache_key(self, entry, spec: InputSpec) -> dict:
+        """dict: this kind's part of the feature-cache key: what changes features besides the data."""
+        return {"kind": self.name, **spec.to_dict()}
+
+    # ------------------------------------------------------------------------------------- datasets
+    def dataset(self, inputs: Sequence[str], targets, spec: InputSpec, batch_size: int, preprocessor=None,
+                shuffle: bool = False, seed: int = 0, augment: Callable | None = None, repeat: bool = False):
+        """tf.data.Dataset: batches of the extractor's inputs (and targets when given)."""
+        raise NotImplementedError
+
+    def augmenter(self, config, seed: int, mix_labels: bool) -> Callable | None:
+        """The batch-level `augment(inputs, targets)` a recipe's `augment:` section asks for, or None.
+
+        Kinds without augmentation refuse a non-empty section rather than ignore it.
+        """
+        if config.enabled():
+            raise TlkerasError(f"the augment: section applies to image recipes; a {self.name} recipe cannot use "
+                               f"it: remove it. Received: augment={config}")
+        return None
+
+    # ---------------------------------------------------------------------------------------- serving
+    def signatures(self, model, spec: InputSpec, task, labels: Sequence[str], threshold: float,
+                   preprocessor=None) -> dict[str, Callable]:
+        """dict: serving signature name -> tf.function taking raw inputs and returning named outputs."""
+        raise NotImplementedError
+
+    def warmup_inputs(self, spec: InputSpec) -> list[tuple[str, dict]]:
+        """list of (signature name, inputs): a few real requests TF Serving replays before serving."""
+        raise NotImplementedError
+
+    def preprocessing_description(self, spec: InputSpec, preprocessor=None) -> str:
+        """str: what the serving graph does to raw inputs, for the model card."""
+        raise NotImplementedError
+
+    def describe_example(self, item: str) -> dict:
+        """dict: how the report shows one example: {"text": ...} or {"image": PNG bytes}."""
+        return {"text": item}
+
+    def __repr__(self) -> str:
+        return f"InputKind({self.name!r})"
+
+
+def positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise TlkerasError(f"{what} must be a positive integer. Received: {value!r}")
+    return int(value)
