@@ -1,7 +1,7 @@
 """Training steps/s of a tlkeras recipe (fine_tuning) vs a hand-written `model.fit` on the same model and data.
 
 Both sides train MobileNetV3Small (random weights, so nothing is fetched) at 96x96 with the recipe's head
-on the same `tf.data` pipeline (`tlkeras.recipes.data.image_dataset`). The tlkeras side runs `Trainer.fit`
+on the same `tf.data` pipeline (the image input kind's `dataset`). The tlkeras side runs `Trainer.fit`
 with the recipe's default callbacks (CSV log, BackupAndRestore, best checkpoint, TensorBoard). An epoch's
 time is the interval between consecutive epoch ends, so per-epoch callback work (checkpoint saving)
 counts; the first epoch (tracing, warm-up) is excluded.
@@ -96,8 +96,10 @@ def _tlkeras(data, cfg, steps, workdir, seed, callbacks=True) -> float:
         def _callbacks(self, *args, **kwargs):
             return super()._callbacks(*args, **kwargs) + [timer]
 
-    trainer = TimedTrainer(_recipe(data, cfg, workdir, seed, callbacks), verbose=0)
-    trainer.prepare()
+    from tlkeras.run_dir import RunDir
+
+    recipe = _recipe(data, cfg, workdir, seed, callbacks)
+    trainer = TimedTrainer.from_recipe(recipe, run=RunDir.create(recipe.output_dir), verbose=0)
     trainer.fit()
     return _steps_per_second(timer.ends, steps)
 
@@ -105,14 +107,15 @@ def _tlkeras(data, cfg, steps, workdir, seed, callbacks=True) -> float:
 def _hand_written(data, cfg, steps, seed) -> float:
     import keras
 
-    from tlkeras import backbones
-    from tlkeras.recipes import data as data_lib
+    from tlkeras import backbones, inputs
+    from tlkeras.data import load_examples
     from tlkeras.recipes.heads import build_head
 
     keras.utils.set_random_seed(seed)
-    examples = data_lib.load_examples(data["train"], task="classification")
-    dataset = data_lib.image_dataset(examples.inputs, examples.targets, cfg["image_size"], cfg["batch_size"],
-                                     shuffle=True, seed=seed)
+    examples = load_examples(data["train"], task="classification")
+    spec = inputs.InputSpec("image", image_size=(cfg["image_size"],) * 2)
+    dataset = inputs.get("image").dataset(examples.inputs, examples.targets, spec, cfg["batch_size"], shuffle=True,
+                                          seed=seed)
     backbone = backbones.load(BACKBONE, weights=False, image_size=(cfg["image_size"],) * 2)
     head = build_head(backbone.output.shape[-1], "classification", 10)
     model = keras.Model(backbone.inputs, head(backbone.output))

@@ -81,6 +81,44 @@ def text_csv(tmp_path):
     return path
 
 
+RNG = np.random.default_rng(0)
+
+
+def save_image(path, mode, size, fmt=None, value=None):
+    """An image whose every pixel is `value` in RGB (or random), saved in `mode`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    pixels = RNG.integers(0, 256, (h, w, 3), dtype=np.uint8) if value is None else np.full((h, w, 3), value,
+                                                                                             np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Two classes; grey, RGB, RGBA, palette PNGs and JPEGs of odd sizes; a hidden file to ignore."""
+    root = tmp_path / "images"
+    save_image(root / "cat" / "grey.png", "L", (17, 23), value=200)
+    save_image(root / "cat" / "rgba.png", "RGBA", (40, 12), value=50)
+    save_image(root / "cat" / "photo.JPG", "RGB", (31, 29))
+    save_image(root / "dog" / "rgb.png", "RGB", (8, 8), value=255)
+    save_image(root / "dog" / "nested" / "palette.png", "P", (64, 48))
+    save_image(root / "dog" / "cmyk.jpeg", "CMYK", (10, 30), fmt="JPEG")
+    (root / "dog" / ".DS_Store").write_bytes(b"\0junk")
+    return root
+
+
+def add_corrupt_images(folder):
+    """A truncated JPEG and random bytes named .jpg in class 'dog'."""
+    good = save_image(folder / "dog" / "full.jpg", "RGB", (64, 64))
+    data = good.read_bytes()
+    (folder / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "dog" / "random.jpg").write_bytes(RNG.bytes(300))
+    good.unlink()
+
+
+
+
 def _write_tiny_cnn(path):
     import keras
 
@@ -131,10 +169,36 @@ def tiny_catalog(tmp_path_factory):
 @pytest.fixture
 def tlkeras_env(tmp_path, monkeypatch, tiny_catalog):
     """An isolated $TLKERAS_HOME (so the feature cache starts empty) and the test catalog on the path."""
-    from tlkeras.registry import catalog
-
     monkeypatch.setenv("TLKERAS_HOME", str(tmp_path / "tlkeras_home"))
     monkeypatch.setenv("TLKERAS_REGISTRY_PATH", str(tiny_catalog))
-    catalog._load.cache_clear()
-    yield tmp_path / "tlkeras_home"
-    catalog._load.cache_clear()
+    return tmp_path / "tlkeras_home"
+
+
+@pytest.fixture
+def backbone_passes(monkeypatch):
+    """Counts backbone passes over a dataset (what the feature cache saves): one list item, the number
+    of examples, per pass."""
+    passes = []
+    from tlkeras.recipes import features
+
+    extract = features.extract
+
+    def counting(backbone, dataset, verbose=1):
+        result = extract(backbone, dataset, verbose=verbose)
+        passes.append(len(result))
+        return result
+
+    monkeypatch.setattr(features, "extract", counting)
+    return passes
+
+
+@pytest.fixture
+def without_recipe_classes(monkeypatch):
+    """Unregisters tlkeras.recipes' Keras classes (optimizers, schedules), as in a process that imported
+    only tlkeras.backbones, e.g. a serving process."""
+    import keras
+
+    registered = keras.saving.get_custom_objects()
+    for name, obj in list(registered.items()):
+        if getattr(obj, "__module__", "").startswith("tlkeras.recipes"):
+            monkeypatch.delitem(registered, name)

@@ -77,6 +77,6 @@ def test_served_predictions_match_the_keras_models(served, tmp_path):
     sentences = ["the movie was very good", "awful and sad"]
     replies = predict(url, "reviews", sentences)
     text_model = keras.models.load_model(runs["reviews"] / "model.keras")
-    tokenize = tlkeras.backbones.load_tokenizer(TINY_BERT, 16)
+    tokenize = tlkeras.backbones.load_preprocessor(TINY_BERT, 16)
     expected = text_model.predict(tokenize(tf.constant(sentences)), verbose=0)
     np.testing.assert_allclose([r["probabilities"] for r in replies], expected, atol=1e-5)

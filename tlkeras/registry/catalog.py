@@ -123,11 +123,18 @@ class Catalog:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(files: tuple[Path, ...]) -> Catalog:
+def _load(stamped: tuple[tuple[Path, int, int], ...]) -> Catalog:
     entries: list[BackboneEntry] = []
-    for path in files:
+    for path, _, _ in stamped:
         entries += read_catalog_file(path)
     return Catalog(entries)
+
+
+def _stamp(path: Path) -> tuple[Path, int, int]:
+    # The cache is keyed on each file's modification time and size too, so an edited or replaced catalog
+    # file is read again without anyone clearing the cache.
+    info = path.stat()
+    return path, info.st_mtime_ns, info.st_size
 
 
 def load_catalog(extra_dirs: Sequence[str | os.PathLike] = ()) -> Catalog:
@@ -140,7 +147,7 @@ def load_catalog(extra_dirs: Sequence[str | os.PathLike] = ()) -> Catalog:
     >>> len(load_catalog()) > 150
     True
     """
-    return _load(tuple(catalog_files(extra_dirs)))
+    return _load(tuple(_stamp(path) for path in catalog_files(extra_dirs)))
 
 
 def get(name: str, extra_dirs: Sequence[str | os.PathLike] = ()) -> BackboneEntry:

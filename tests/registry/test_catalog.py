@@ -6,16 +6,12 @@ import pytest
 
 from tlkeras import registry
 from tlkeras.registry import CatalogError, UnknownBackboneError
-from tlkeras.registry.catalog import _load
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TLKERAS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TLKERAS_REGISTRY_PATH", raising=False)
-    _load.cache_clear()
-    yield
-    _load.cache_clear()
 
 
 def write(path, text):

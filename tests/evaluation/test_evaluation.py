@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from tlkeras.errors import TlkerasError
-from tlkeras.recipes.evaluation import evaluate_predictions, write_history_plot
+from tlkeras.evaluation import evaluate_predictions
+from tlkeras.plots import training_history
 
 # Three classes, eight samples: two mistakes (0 -> 1 and 1 -> 2), so accuracy is 6/8.
 # The true class is always the runner-up of a mistake, so top-2 accuracy is 1.
@@ -203,10 +204,11 @@ def test_regression_metrics_match_hand_computation(tmp_path):
 def test_history_plot_from_csv_logger_file(tmp_path):
     csv_path = tmp_path / "history.csv"
     csv_path.write_text(HISTORY_CSV)
-    out = write_history_plot(csv_path, tmp_path / "plots" / "history.png")
+    out = tmp_path / "history.png"
+    out.write_bytes(training_history(csv_path))
     _assert_png(out)
     with pytest.raises(TlkerasError, match="not found"):
-        write_history_plot(tmp_path / "missing.csv", tmp_path / "x.png")
+        training_history(tmp_path / "missing.csv")
 
 
 @pytest.mark.parametrize(
@@ -222,7 +224,7 @@ def test_history_plot_from_csv_logger_file(tmp_path):
         (np.eye(3)[Y3] * 2, S3, None, "multilabel", "only 0 and 1"),
         ([1.0, 2.0], [[1.0, 2.0]], None, "regression", "same number of samples"),
         ([[1.0, 2.0]], [[1.0, 2.0, 3.0]], None, "regression", "same shape"),
-        (Y3, S3, None, "ranking", "task must be one of"),
+        (Y3, S3, None, "ranking", "unknown task: use one of"),
     ],
 )
 def test_bad_inputs_raise_one_line_errors(y_true, y_score, labels, task, problem):

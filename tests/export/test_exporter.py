@@ -24,7 +24,7 @@ from tlkeras.cli.app import main
 from tlkeras.errors import TlkerasError
 from tlkeras.export import deploy, export_model, export_run
 from tlkeras.export.saved_model import write_version
-from tlkeras.export.signatures import postprocess
+from tlkeras import tasks
 
 SIZE = (16, 16)
 LABELS = ["cat", "dog", "fox"]
@@ -95,7 +95,7 @@ def text_export(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         from tlkeras import backbones
 
-        patch.setattr(backbones, "load_tokenizer", lambda name, length: tokenizer, raising=False)
+        patch.setattr(backbones, "load_preprocessor", lambda name, length: tokenizer)
         result = CliRunner().invoke(main, ["export", str(run), "--base-dir", str(root / "models"),
                                            "--name", "tags"])
     assert result.exit_code == 0, result.output
@@ -245,7 +245,7 @@ def test_model_card_records_provenance(image_export):
     assert card["name"] == "pets" and card["version"] == 1 and card["task"] == "classification"
     assert card["backbone"]["name"] == "efficientnet_lite0_imagenet"
     assert card["backbone"]["registry"]["license"] == card["license"] == "Apache-2.0"
-    assert card["recipe"]["input"] == {"kind": "image", "image_size": list(SIZE)}
+    assert card["input"] == {"kind": "image", "image_size": list(SIZE)} and "input" not in card["recipe"]
     assert card["metrics"] == {"accuracy": 0.75}
     assert card["data_fingerprint"] == "sha256:abc123"
     assert card["labels"] == LABELS
@@ -277,11 +277,6 @@ def test_regression_exports_predictions(tmp_path):
     np.testing.assert_allclose(served["predictions"].numpy(), model(pixels.astype("float32")).numpy(), atol=1e-5)
 
 
-def test_multilabel_postprocess_joins_predicted_names():
-    scores = tf.constant([[0.9, 0.1, 0.6], [0.2, 0.3, 0.1], [0.5, 0.5, 0.5]])
-    out = postprocess(scores, "multilabel", ["a", "b", "c"], threshold=0.5)
-    assert out["predicted"].numpy().tolist() == [[True, False, True], [False, False, False], [True, True, True]]
-    assert [s.decode() for s in out["label"].numpy()] == ["a,c", "", "a,b,c"]
 
 
 def test_text_export_tokenizes_in_graph_and_matches_keras(text_export):
@@ -314,7 +309,7 @@ def test_missing_run_files_name_the_fix(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"task": "detection"}, "'task' must be one of classification, multilabel, regression"),
+    ({"task": "detection"}, "unknown task: use one of classification, multilabel, regression"),
     ({"input": {"kind": "audio"}}, "'input' must be"),
     ({"input": {"kind": "image", "image_size": [16]}}, "image_size' must be \\[height, width\\]"),
 ])

@@ -42,24 +42,28 @@ def test_train_evaluate_export_from_a_recipe_file(tmp_path, recipe_file):
     elsewhere.mkdir()
     trained = tlkeras("train", str(recipe_file), "--set", "schedule.epochs=3", "--verbose", "0", cwd=elsewhere)
     assert trained.returncode == 0, trained.stderr[-2000:]
-    run_dir = tmp_path / "runs" / "colours"  # relative to the recipe file, not the working directory
-    assert json.loads(trained.stdout.splitlines()[0])["accuracy"] >= 0
+    run_dir = tmp_path / "runs" / "colours" / "1"  # relative to the recipe file, not the working directory
+    printed = json.loads(trained.stdout.splitlines()[0])
+    assert printed["accuracy"] == round(json.loads((run_dir / "metrics.json").read_text())["accuracy"], 4)
     assert len(open(run_dir / "history.csv").read().splitlines()) == 1 + 3
     assert (tmp_path / "models" / "colours" / "1" / "saved_model.pb").exists()
 
-    evaluated = tlkeras("evaluate", str(run_dir), cwd=elsewhere)
+    evaluated = tlkeras("evaluate", str(run_dir.parent), cwd=elsewhere)  # the output_dir: its latest run
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "evaluation" / "1" / "metrics.json").read_text())
     assert metrics["accuracy"] == json.loads((run_dir / "metrics.json").read_text())["accuracy"]
-    assert (run_dir / "evaluation" / "report.html").exists()
+    assert (run_dir / "evaluation" / "1" / "report.html").exists()
 
 
 def test_lr_find_saves_a_plot_and_suggests_a_rate(tmp_path, recipe_file):
     found = tlkeras("lr-find", str(recipe_file), "--steps", "30", cwd=tmp_path)
     assert found.returncode == 0, found.stderr[-2000:]
-    result = json.loads((tmp_path / "runs" / "colours" / "lr_find.json").read_text())
-    assert 1e-6 <= result["suggested_learning_rate"] <= 1.0
-    assert len(result["losses"]) >= 10 and (tmp_path / "runs" / "colours" / "lr_find.png").stat().st_size > 0
+    out = tmp_path / "runs" / "colours" / "lr_find" / "1"
+    result = json.loads((out / "lr_find.json").read_text())
+    at = result["learning_rates"].index(result["suggested_learning_rate"])
+    assert min(result["losses"][at:]) < result["losses"][0], "the loss never fell from the suggested rate on"
+    assert len(result["losses"]) >= 10 and (out / "lr_find.png").stat().st_size > 0
+    assert not (tmp_path / "runs" / "colours" / "1").exists(), "lr-find must not create or touch a run"
     assert "suggested learning rate" in found.stdout
 
 
