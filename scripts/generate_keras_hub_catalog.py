@@ -50,6 +50,8 @@ def groups(*patterns: str) -> tuple[tuple[str, object], ...]:
     return (("layer_groups", list(patterns)),)
 
 
+# keras-hub DINOv2/v3 resample trained position embeddings on save: keep them frozen.
+DINO_POSITIONS = (("frozen_variables", ["interpolated_position_embeddings"]),)
 # Dual encoders: the image tower is the backbone's `vision_encoder`, pooled at its class token.
 VISION_TOWER = (("submodel", "vision_encoder"), ("pooling", "cls"))
 AUDIO_NOT_YET = (("supports", []), ("unsupported", "audio backbones from keras-hub presets are not wired to the "
@@ -77,10 +79,10 @@ FAMILIES = (
     Family("deit", "image", "https://arxiv.org/abs/2012.12877",
            (("_tiny_", 192), ("_small_", 384), ("_base_", 768)), CLASSIFIER + groups("transformer_block_*")),
     Family("dinov2", "image", "https://arxiv.org/abs/2304.07193",
-           (("_small", 384), ("_base", 768), ("_large", 1024), ("_giant", 1536)), ENCODER + groups("layers_*")),
+           (("_small", 384), ("_base", 768), ("_large", 1024), ("_giant", 1536)), ENCODER + groups("layers_*") + DINO_POSITIONS),
     Family("dinov3", "image", "",
            (("_small_plus_", 384), ("_small_", 384), ("_base_", 768), ("_large_", 1024),
-            ("_huge_plus_", 1280), ("_7b_", 4096)), ENCODER + groups("layers_*")),
+            ("_huge_plus_", 1280), ("_7b_", 4096)), ENCODER + groups("layers_*") + DINO_POSITIONS),
     Family("swin_transformer", "image", "https://arxiv.org/abs/2103.14030",
            (("_tiny_", 768), ("_small_", 768), ("_base_", 1024), ("_large_", 1536)), CLASSIFIER + groups("stage_*")),
     # Dual encoders: tlkeras uses the vision tower. Its width differs from the joint embedding, so

@@ -31,6 +31,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o644)  # mkstemp makes 0600 files; what tlkeras writes is for the user's other tools too
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()

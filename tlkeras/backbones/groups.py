@@ -15,13 +15,7 @@ import keras
 
 def flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """All leaf layers of a model, nested models opened, in order."""
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) or hasattr(layer, "layers") and layer.layers:
-            layers += flat_layers(layer)
-        else:
-            layers.append(layer)
-    return layers
+    return [layer for layer in _walk(model) if not _is_container(layer)]
 
 
 def expand_patterns(prefixes: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -56,18 +50,33 @@ def group_layers(model: keras.Model, prefixes: Sequence[str]) -> list[list[keras
     >>> groups = group_layers(backbone, ["stem", "block1", "block2", "top"])
     >>> [len(g) for g in groups]
     """
-    weighted = [layer for layer in flat_layers(model) if layer.weights]
-    prefixes = expand_patterns(prefixes, [layer.name for layer in weighted])
+    layers = list(_walk(model))  # containers too: a group may start at a nested block's name
+    weighted = [layer for layer in layers if layer.weights and not _is_container(layer)]
+    prefixes = expand_patterns(prefixes, [layer.name for layer in layers])
     if not prefixes:
         return [weighted]
     groups: list[list] = [[] for _ in prefixes]
     current = 0
-    for layer in weighted:
+    # Boundaries are matched on every layer (a group may start at a padding or concatenation layer);
+    # only weighted layers are grouped.
+    for layer in layers:
         matches = [i for i, prefix in enumerate(prefixes) if _matches(layer.name, prefix)]
         if matches:
             current = max(current, max(matches, key=lambda i: len(prefixes[i])))
-        groups[current].append(layer)
+        if layer.weights and not _is_container(layer):
+            groups[current].append(layer)
     return groups
+
+
+def _is_container(layer) -> bool:
+    return isinstance(layer, keras.Model) or bool(getattr(layer, "layers", None))
+
+
+def _walk(model):
+    for layer in model.layers:
+        yield layer
+        if _is_container(layer):
+            yield from _walk(layer)
 
 
 def _matches(name: str, prefix: str) -> bool:

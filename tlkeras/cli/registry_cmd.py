@@ -9,7 +9,8 @@ import click
 from tlkeras import registry
 
 JSON_COLUMNS = ["name", "domain", "source", "family", "params", "size_mb", "pretrain_data", "feature_dim",
-                "input_size", "accuracy", "accuracy_metric", "license", "offline"]
+                "input_size", "accuracy", "accuracy_metric", "license", "offline", "supports", "unsupported",
+                "caveats"]
 TABLE_COLUMNS = ["name", "domain", "source", "params", "accuracy", "feature_dim", "license", "offline"]
 
 registry_dir_option = click.option(
@@ -33,17 +34,20 @@ def registry_group():
 @click.option("--offline", is_flag=True, default=None, help="Only backbones whose weights install offline.")
 @click.option("--search", help="Text to find in name, family, description or pre-training data.")
 @click.option("--name", help="fnmatch pattern on the name, e.g. 'resnet*'.")
+@click.option("--supports", type=click.Choice(["feature_extraction", "fine_tuning"]),
+              help="Only backbones tlkeras can use this way (some catalog entries cannot load yet).")
 @click.option("--sort", help="Column to sort by (numbers descending), e.g. params or accuracy.")
 @click.option("--ascending/--descending", default=None, help="Override the sort direction.")
 @click.option("--limit", type=int, help="Show at most N rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 @registry_dir_option
-def list_cmd(domain, task, source, max_params, min_accuracy, license_, offline, search, name, sort,
+def list_cmd(domain, task, source, max_params, min_accuracy, license_, offline, search, name, supports, sort,
              ascending, limit, fmt, registry_dirs):
     """List backbones, filtered and sorted."""
     entries = registry.find_backbones(
         domain=domain, task=task, source=source, max_params=max_params, min_accuracy=min_accuracy,
-        license=license_, offline=offline, search=search, name=name, sort=sort, ascending=ascending,
+        license=license_, offline=offline, search=search, name=name, supports=supports, sort=sort,
+        ascending=ascending,
         extra_dirs=registry_dirs,
     )[:limit]
     if fmt == "json":

@@ -57,6 +57,24 @@ class InputKind:
         """bool: inputs are file paths (images, audio) rather than the data itself (texts)."""
         return bool(self.file_extensions)
 
+    def input_column(self, path_column: str | None, text_column: str | None) -> str:
+        """str: the table column holding this kind's inputs, from a recipe's `data.path_column` /
+        `data.text_column`."""
+        return path_column or self.table_column
+
+    def table_inputs(self, values: Sequence[str], base, column: str, source: str) -> list[str]:
+        """list of str: a table column's cells as this kind's inputs. File kinds resolve relative paths
+        against the table's folder `base` and raise naming any file that does not exist."""
+        import os
+
+        resolved = [p if os.path.isabs(p) else os.path.join(base, p) for p in map(os.path.expanduser, values)]
+        missing = [p for p in resolved if not os.path.isfile(p)]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+            raise TlkerasError(f"{len(missing)} files named in column '{column}' of {source} do not exist (relative "
+                               f"paths are read from {base}): fix the paths. Received: {shown}")
+        return resolved
+
     # ------------------------------------------------------------------------------------ input spec
     def spec(self, entry, data) -> InputSpec:
         """InputSpec: the input a recipe trains at, from the backbone's entry and the recipe's `data`."""

@@ -26,6 +26,12 @@ class TextKind(InputKind):
     table_column = "text"
     spec_fields = ("sequence_length",)
 
+    def input_column(self, path_column, text_column):
+        return text_column or self.table_column
+
+    def table_inputs(self, values, base, column, source):
+        return [str(v) for v in values]
+
     def spec(self, entry, data) -> InputSpec:
         length = (data.sequence_length if data is not None else None) or entry.sequence_length
         return InputSpec(self.name, sequence_length=positive_int(length or DEFAULT_SEQUENCE_LENGTH,

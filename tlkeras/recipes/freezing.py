@@ -53,7 +53,8 @@ def plan_stages(schedule: ScheduleConfig, n_groups: int) -> list[Stage]:
     return [Stage(e, i, lr) for i, e in enumerate(per_stage)]
 
 
-def apply_stage(backbone: keras.Model, stage: Stage, group_prefixes, unit: str = "groups") -> list:
+def apply_stage(backbone: keras.Model, stage: Stage, group_prefixes, unit: str = "groups",
+                frozen_variables=()) -> list:
     """Sets `trainable` on every backbone layer for `stage`; returns the layers left trainable.
 
     Args:
@@ -61,6 +62,7 @@ def apply_stage(backbone: keras.Model, stage: Stage, group_prefixes, unit: str =
         stage: Stage. What to unfreeze.
         group_prefixes: list of str. The registry entry's `layer_groups`.
         unit: str. "groups" counts `stage.unfreeze` in layer groups, "layers" in weighted layers.
+        frozen_variables: list of str. Variables whose path contains one of these never train.
     """
     layers = [layer for layer in flat_layers(backbone) if layer.weights]
     chosen = _select(backbone, layers, stage.unfreeze, group_prefixes, unit)
@@ -68,6 +70,9 @@ def apply_stage(backbone: keras.Model, stage: Stage, group_prefixes, unit: str =
     for layer in layers:
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = id(layer) in chosen and (not is_bn or stage.train_batchnorm)
+        for variable in layer.weights:
+            if any(part in variable.path for part in frozen_variables):
+                variable.trainable = False
     return [layer for layer in layers if layer.trainable]
 
 

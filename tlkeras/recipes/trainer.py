@@ -178,7 +178,8 @@ class Trainer:
             return self.head_on_features, data.batch(self.recipe.data.batch_size)
         from tlkeras.recipes.freezing import apply_stage
 
-        apply_stage(self.extractor, stage, self.entry.layer_groups, self.recipe.schedule.unfreeze_unit)
+        apply_stage(self.extractor, stage, self.entry.layer_groups, self.recipe.schedule.unfreeze_unit,
+                    self.entry.frozen_variables)
         return self.model, self.dataset(self.splits.train, training=True)
 
     def fit(self) -> dict:
@@ -201,7 +202,7 @@ class Trainer:
             if index < state["stages_done"] or stage.epochs == 0:
                 continue
             trainable = apply_stage(self.extractor, stage, self.entry.layer_groups,
-                                    self.recipe.schedule.unfreeze_unit)
+                                    self.recipe.schedule.unfreeze_unit, self.entry.frozen_variables)
             log.info("stage %d: %d epochs, %d backbone layers trainable, lr %.2g",
                      index, stage.epochs, len(trainable), stage.learning_rate)
             self.compile(self.model, stage, steps=_steps(len(self.splits.train), self.recipe.data.batch_size))

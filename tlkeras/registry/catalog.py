@@ -170,6 +170,7 @@ def find_backbones(
     source: str | None = None,
     search: str | None = None,
     name: str | None = None,
+    supports: str | None = None,
     sort: str | None = None,
     ascending: bool | None = None,
     extra_dirs: Sequence[str | os.PathLike] = (),
@@ -186,6 +187,7 @@ def find_backbones(
         source: str. One of the source kinds, e.g. "keras_hub".
         search: str. Case-insensitive text searched in name, family, description and pretrain data.
         name: str. An fnmatch pattern on the name, e.g. "resnet*".
+        supports: str. Keep entries tlkeras can use for this: "feature_extraction" or "fine_tuning".
         sort: str. A field to sort by. Numbers sort descending, text ascending, unless `ascending`;
             entries without a value come last.
         ascending: bool. Overrides the sort direction.
@@ -205,6 +207,7 @@ def find_backbones(
         (source, lambda e: e.source == source),
         (search, lambda e: search.lower() in f"{e.name} {e.family} {e.description} {e.pretrain_data}".lower()),
         (name, lambda e: fnmatch.fnmatch(e.name, name)),
+        (supports, lambda e: supports in e.supports),
     ]
     active = [check for value, check in checks if value is not None and value != ""]
     entries = [e for e in load_catalog(extra_dirs).entries.values() if all(check(e) for check in active)]

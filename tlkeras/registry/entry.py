@@ -83,6 +83,9 @@ class BackboneEntry:
     # What tlkeras can do with it: feature_extraction, fine_tuning. Empty, with the reason in `unsupported`,
     # for entries the loader cannot serve yet.
     supports: tuple[str, ...] = ("feature_extraction", "fine_tuning")
+    # Variable-name parts that never train, e.g. keras-hub DINOv2's interpolated position embeddings,
+    # which it resamples when saving (the saved model would differ from the trained one).
+    frozen_variables: tuple[str, ...] = ()
     unsupported: str = ""  # why something is missing from `supports`
 
     def to_dict(self) -> dict[str, Any]:
