@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import keras
 
 from tlkeras import registry
-from tlkeras.backbones.layers import TEXT_POOLING, PixelNormalization
+from tlkeras.backbones.layers import TEXT_POOLING, FirstTokenPooling, PixelNormalization
 from tlkeras.backbones.sources import SOURCE_BUILDERS
 from tlkeras.errors import TlkerasError
 from tlkeras.weights import fetch, is_fetched, weights_location
@@ -63,9 +63,14 @@ def load(
 def _image_extractor(entry, network: keras.Model, size) -> keras.Model:
     pixels = keras.Input(shape=(*size, 3), dtype="float32", name="pixels")
     x = _pixel_normalization(entry, size)(pixels)
+    if isinstance(network.input, dict) and len(network.input) == 1:  # keras-hub ViTs take {"images": x}
+        x = {next(iter(network.input)): x}
     features = network(x)
     if len(features.shape) == 4:  # a feature map: pool it as the entry says
         pool = keras.layers.GlobalMaxPooling2D if entry.pooling == "max" else keras.layers.GlobalAveragePooling2D
+        features = pool(name="pool")(features)
+    elif len(features.shape) == 3:  # ViT tokens (B, T, D): the class token, or the mean of all tokens
+        pool = FirstTokenPooling if entry.pooling == "cls" else keras.layers.GlobalAveragePooling1D
         features = pool(name="pool")(features)
     return keras.Model(pixels, features, name=entry.name)
 

