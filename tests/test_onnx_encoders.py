@@ -47,6 +47,16 @@ class GraphBuilder:
         self.nodes[-1].name = f"{scope}/Add"
         return added, weight
 
+    def linears(self, scope, prefix, modules, first_id):
+        """One encoder layer's Linears, numbered from `first_id`: the fifth widens to FFN, the sixth narrows
+        back; the query is split into heads."""
+        for i, module in enumerate(modules):
+            n_in, n_out = {4: (HIDDEN, FFN), 5: (FFN, HIDDEN)}.get(i, (HIDDEN, HIDDEN))
+            out, _ = self.linear(f"{scope}/{module}", f"{prefix}.{module.replace('/', '.')}.bias", n_in, n_out,
+                                 first_id + i)
+            if module.endswith("query"):
+                self.split_heads(f"{scope}/{module.rsplit('/', 1)[0]}", out)
+
     def split_heads(self, scope, query):
         """The reshape of the query to [batch, length, heads, head_dim], its shape built from constants."""
         shape = []
@@ -73,13 +83,8 @@ def tiny_dinov2(path, grid=3, patch=2):
     for name in ("norm1", "norm2"):
         g.weight(f"{p}.{name}.weight", HIDDEN), g.weight(f"{p}.{name}.bias", HIDDEN)
     g.weight(f"{p}.layer_scale1.lambda1", HIDDEN), g.weight(f"{p}.layer_scale2.lambda1", HIDDEN)
-    linears = [("attention/attention/key", HIDDEN, HIDDEN), ("attention/attention/value", HIDDEN, HIDDEN),
-               ("attention/attention/query", HIDDEN, HIDDEN), ("attention/output/dense", HIDDEN, HIDDEN),
-               ("mlp/fc1", HIDDEN, FFN), ("mlp/fc2", FFN, HIDDEN)]
-    for i, (module, n_in, n_out) in enumerate(linears):
-        out, _ = g.linear(f"{scope}/{module}", f"{p}.{module.replace('/', '.')}.bias", n_in, n_out, 910 + i)
-        if module.endswith("query"):
-            g.split_heads(f"{scope}/attention/attention", out)
+    g.linears(scope, p, ["attention/attention/key", "attention/attention/value", "attention/attention/query",
+                         "attention/output/dense", "mlp/fc1", "mlp/fc2"], first_id=910)
     g.weight("backbone.layernorm.weight", HIDDEN), g.weight("backbone.layernorm.bias", HIDDEN)
     g.weight("decoder.upconv1.weight", HIDDEN, 4, 4, 4)
     return g.save(path), g.arrays
@@ -94,13 +99,8 @@ def tiny_bert(path, vocab=12):
     g.weight(f"{root}.embeddings.token_type_embeddings.weight", 2, HIDDEN)
     g.weight(f"{root}.embeddings.LayerNorm.weight", HIDDEN), g.weight(f"{root}.embeddings.LayerNorm.bias", HIDDEN)
     p, scope = f"{root}.encoder.layer.0", "/model/model.0/auto_model/encoder/layer.0"
-    linears = [("attention/self/query", HIDDEN, HIDDEN), ("attention/self/key", HIDDEN, HIDDEN),
-               ("attention/self/value", HIDDEN, HIDDEN), ("attention/output/dense", HIDDEN, HIDDEN),
-               ("intermediate/dense", HIDDEN, FFN), ("output/dense", FFN, HIDDEN)]
-    for i, (module, n_in, n_out) in enumerate(linears):
-        out, _ = g.linear(f"{scope}/{module}", f"{p}.{module.replace('/', '.')}.bias", n_in, n_out, 470 + i)
-        if module.endswith("query"):
-            g.split_heads(f"{scope}/attention/self", out)
+    g.linears(scope, p, ["attention/self/query", "attention/self/key", "attention/self/value",
+                         "attention/output/dense", "intermediate/dense", "output/dense"], first_id=470)
     for name in ("attention.output.LayerNorm", "output.LayerNorm"):
         g.weight(f"{p}.{name}.weight", HIDDEN), g.weight(f"{p}.{name}.bias", HIDDEN)
     return g.save(path, inputs=("input_ids", "attention_mask")), g.arrays
