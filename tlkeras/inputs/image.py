@@ -200,7 +200,10 @@ class ImageKind(InputKind):
         import keras
 
         pixels = keras.Input(shape=(*spec.image_size, 3), dtype="float32", name="pixels")
-        features = network(_normalization(entry, spec)(pixels))
+        x = _normalization(entry, spec)(pixels)
+        if isinstance(network.input, dict) and len(network.input) == 1:  # keras-hub ViTs take {"images": x}
+            x = {next(iter(network.input)): x}
+        features = network(x)
         if len(features.shape) == 4:  # a feature map: pool it as the entry says
             pool = keras.layers.GlobalMaxPooling2D if entry.pooling == "max" else keras.layers.GlobalAveragePooling2D
             features = pool(name="pool")(features)

@@ -43,7 +43,10 @@ class Converter:
 
 
 # weights_format -> converter. A format without a converter is loaded as the package ships it.
-CONVERTERS: dict[str, Converter] = {}
+CONVERTERS: dict[str, Converter] = {
+    "onnx_dinov2": Converter("tlkeras.weights.converters.onnx_encoders:convert_dinov2", "hf_preset"),
+    "onnx_bert": Converter("tlkeras.weights.converters.onnx_encoders:convert_bert", "hf_preset"),
+}
 
 
 def converter_for(entry: BackboneEntry) -> Converter | None:
