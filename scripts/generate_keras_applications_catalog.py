@@ -14,9 +14,10 @@ declared here, so a keras upgrade that changes one fails loudly.
 that every prefix matches, that boundaries come in order, that no trainable layer precedes the first
 one, and that every group holds trainable weights.
 
-Usage (builds ~40 models on CPU, about 10 minutes and 3 GB of RAM):
-    .venv/bin/python scripts/generate_keras_applications_catalog.py
-    .venv/bin/python scripts/generate_keras_applications_catalog.py --cache /tmp/ka.json  # reuse measurements
+Usage (builds ~40 models on CPU, about 10 minutes and 3 GB of RAM; the measurements are kept in
+scripts/keras_applications_measurements.json, so later runs and `--check` build nothing):
+    .venv/bin/python scripts/generate_keras_applications_catalog.py --cache scripts/keras_applications_measurements.json
+    .venv/bin/python scripts/generate_keras_applications_catalog.py --cache scripts/keras_applications_measurements.json --check
 """
 
 from __future__ import annotations
@@ -357,6 +358,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REGISTRY, help="catalog directory (default: registry/)")
     parser.add_argument("--cache", type=Path, help="JSON of measurements: read if present, else written")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated file would change")
     args = parser.parse_args(argv)
 
     declared = {m.architecture for f in FAMILIES for m in f.models}
@@ -380,7 +382,7 @@ def main(argv=None) -> int:
     files: dict[str, list[Family]] = {}
     for family in FAMILIES:
         files.setdefault(family.file, []).append(family)
-    total = 0
+    total, stale = 0, []
     for file, families in files.items():
         entries = []
         for family in families:
@@ -391,9 +393,17 @@ def main(argv=None) -> int:
                 note = "" if exact else "  (boundaries, not exact name prefixes)"
                 print(f"  {model.name}: {len(entry['layer_groups'])} groups{note}")
         path = args.out / f"{PREFIX}{file}.yaml"
-        path.write_text(render(file, families, entries))
+        text = render(file, families, entries)
         total += len(entries)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.name)
+            continue
+        path.write_text(text)
         print(f"{path.name}: {len(entries)} models")
+    if stale:
+        print(f"stale: {', '.join(stale)}; rerun scripts/generate_keras_applications_catalog.py", file=sys.stderr)
+        return 1
     print(f"{total} keras.applications models")
     return 0
 

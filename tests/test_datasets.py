@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from tlkeras.recipes.data import load_examples
 
 from tlkeras import datasets
 from tlkeras.errors import TlkerasError
-from tlkeras.recipes.data import load_examples
 
 needs_fashion_mnist = pytest.mark.skipif(
     not (datasets.FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),

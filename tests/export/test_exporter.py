@@ -24,7 +24,6 @@ from tlkeras.cli.app import main
 from tlkeras.errors import TlkerasError
 from tlkeras.export import deploy, export_model, export_run
 from tlkeras.export.saved_model import write_version
-from tlkeras import tasks
 
 SIZE = (16, 16)
 LABELS = ["cat", "dog", "fox"]

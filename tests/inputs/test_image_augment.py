@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from tlkeras.inputs.image import label_mixer, pixel_augmenter
-from tlkeras import inputs
-from tlkeras.inputs import InputSpec
 from training_helpers import fit, make_recipe
 
+from tlkeras import inputs
+from tlkeras.inputs import InputSpec
+from tlkeras.inputs.image import label_mixer, pixel_augmenter
 from tlkeras.recipes.config import AugmentConfig
 
 pytestmark = pytest.mark.usefixtures("tlkeras_env")

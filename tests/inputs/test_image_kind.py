@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import add_corrupt_images, save_image
+
 from tlkeras import inputs
 from tlkeras.data import load_examples
 from tlkeras.errors import TlkerasError

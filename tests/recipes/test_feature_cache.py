@@ -1,6 +1,7 @@
 """The frozen-feature cache: each split is extracted once and reused by epochs, reruns and new heads."""
 
 import dataclasses
+
 import numpy as np
 import pytest
 from conftest import COLOURS, write_colour_folder, write_image

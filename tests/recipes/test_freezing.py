@@ -1,16 +1,16 @@
 """Freezing schedules: each trains exactly what it unfreezes; BatchNorm statistics stay fixed unless trained."""
 
-import keras
-import numpy as np
-import pytest
-from tlkeras.errors import TlkerasError
 import json
 
+import keras
+import numpy as np
 import pandas as pd
+import pytest
 from conftest import TINY_CNN
 from training_helpers import BATCHNORMS, CONVS, MOBILENET, changed, fit, make_recipe
 
 from tlkeras import backbones
+from tlkeras.errors import TlkerasError
 from tlkeras.recipes import freezing
 from tlkeras.recipes.config import ScheduleConfig, StageConfig
 from tlkeras.recipes.freezing import Stage, apply_stage, plan_stages

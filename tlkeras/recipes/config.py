@@ -121,7 +121,7 @@ class CallbacksConfig:
     checkpoint: bool = True  # best model by val_loss, as checkpoints/best.keras
     backup: bool = True  # BackupAndRestore, for --resume
     tensorboard: bool = True
-    progress: bool = True
+    progress: bool = True  # Keras progress bars (and the feature-extraction bar); false: silent
 
 
 @dataclass

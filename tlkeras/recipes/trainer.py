@@ -94,7 +94,8 @@ class Trainer:
 
         from tlkeras.recipes.heads import build_head
 
-        self.recipe, self.splits, self.strategy, self.run, self.verbose = recipe, splits, strategy, run, verbose
+        self.recipe, self.splits, self.strategy, self.run = recipe, splits, strategy, run
+        self.verbose = verbose if recipe.callbacks.progress else 0  # progress: false silences the bars
         self.backbone = backbone
         self.entry, self.kind, self.spec = backbone.entry, backbone.kind, backbone.spec
         self.task = tasks.get(recipe.task)

@@ -93,6 +93,10 @@ class BackboneEntry:
 
 
 _CHOICES = {"source": SOURCES, "domain": DOMAINS}
+# Fields that describe a backbone to its users (`registry list/show`, model cards) rather than steer code.
+DESCRIPTIVE_FIELDS = ("family", "description", "pretrain_data", "params", "size_mb", "preprocessing",
+                      "accuracy", "accuracy_metric", "accuracy_dataset", "accuracy_citation", "license", "paper",
+                      "caveats", "unsupported")
 CAPABILITIES = ("feature_extraction", "fine_tuning")
 
 
