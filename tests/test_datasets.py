@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from tlkeras.recipes.data import load_examples
+from tlkeras.data import load_examples
 
 from tlkeras import datasets
 from tlkeras.errors import TlkerasError
