@@ -17,6 +17,7 @@ Example recipe:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,11 @@ class DataConfig:
     # faster than batch 32 on a 2-core CPU and VGG16 no slower (bench/results/RESULTS.md, roofline).
     inference_batch_size: int = bounded(8, 1, 65536)
     skip_corrupt: bool = False  # skip unreadable inputs (listed in skipped.txt) instead of failing
+    # Below this many training examples no validation split is held out: choices are made by k-fold
+    # cross-validation over all of them (schedule.folds) and the final model is refit on every example.
+    cross_validate_below: int = bounded(2000, 0)
+    # "auto": balanced class weights when the smallest class has under half the examples of the largest.
+    class_weight: Literal["auto", "balanced", "none"] = "auto"
     cache_features: bool = True  # reuse frozen-backbone features across epochs and runs
 
 
@@ -81,6 +87,9 @@ class ScheduleConfig:
     warmup_fraction: float = bounded(0.0, 0.0, 1.0)  # of each stage's steps, for cosine / one_cycle
     label_smoothing: float = bounded(0.0, 0.0, 1.0, open_high=True)
     recalibrate_batchnorm: bool = True  # after stages that train BN (weight_init): precise BN statistics
+    folds: int = bounded(5, 2, 20)  # cross-validation folds for the probe's regularisation
+    finetune_folds: int = bounded(3, 2, 20)  # LP-FT on small data: folds that choose the fine-tuning epochs
+    lp_ft: bool = True  # layer_retraining / fine_tuning with a linear head: the converged probe first
 
 
 @dataclass
@@ -94,9 +103,10 @@ class AugmentConfig:
     random_erasing: float = bounded(0.0, 0.0, 1.0)  # probability
     mixup: float = bounded(0.0, 0.0, 100.0)  # alpha; 0 disables
     cutmix: float = bounded(0.0, 0.0, 100.0)  # alpha; 0 disables
-
+    tta: bool = False  # test-time augmentation: average each image's predictions with its mirror's
     def enabled(self) -> bool:
-        return self != AugmentConfig()
+        """True when training inputs are augmented (test-time augmentation alone does not count)."""
+        return dataclasses.replace(self, tta=False) != AugmentConfig()
 
 
 @dataclass

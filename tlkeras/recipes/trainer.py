@@ -31,6 +31,7 @@ class Splits:
     test: data_lib.Examples | None
     skipped: list = field(default_factory=list)  # (input, reason) of unreadable inputs skipped
     notes: list = field(default_factory=list)  # what reading skipped or converted
+    cross_validated: bool = False  # small data: no held-out split, choices by k-fold cross-validation
 
 
 @dataclass
@@ -59,9 +60,16 @@ def load_splits(recipe: Recipe, kind: inputs.InputKind) -> Splits:
     test = read_split(recipe, cfg.test, kind, train.labels) if cfg.test else None
     skipped, notes = [], []
     train, validation, test = (_checked(s, kind, cfg.skip_corrupt, skipped, notes) for s in (train, validation, test))
+    cross_validated = False
     if validation is None and cfg.validation_split:
-        train, validation = data_lib.split_examples(train, cfg.validation_split, recipe.seed)
-    return Splits(train, validation, test, skipped, notes)
+        if len(train) < cfg.cross_validate_below:
+            cross_validated = True
+            notes.append(f"{len(train)} training examples, below data.cross_validate_below={cfg.cross_validate_below}: "
+                         f"no validation split is held out; choices are made by {recipe.schedule.folds}-fold "
+                         "cross-validation and the final model is refit on every example")
+        else:
+            train, validation = data_lib.split_examples(train, cfg.validation_split, recipe.seed)
+    return Splits(train, validation, test, skipped, notes, cross_validated)
 
 
 def _checked(examples, kind, skip: bool, skipped: list, notes: list):
@@ -105,10 +113,12 @@ class Trainer:
         self.mixes_labels = self.task.name == "classification" and bool(augment.mixup or augment.cutmix)
         self.one_hot = self.mixes_labels or (self.task.name == "classification" and recipe.schedule.label_smoothing > 0)
         self.augment = self.kind.augmenter(augment, recipe.seed, self.mixes_labels)
+        self.class_weight_mode = _class_weight_mode(recipe.data.class_weight, self.task.name, splits.train)
+        self.selection: dict = {}  # what model selection tried and kept, for metrics.json and the report
         with strategy.scope():
             head_cfg = recipe.head
             self.head = build_head(backbone.feature_dim, recipe.task, self.n_outputs, head_cfg.hidden_units,
-                                   head_cfg.dropout, head_cfg.activation)
+                                   0.0 if self.linear_head else head_cfg.dropout, head_cfg.activation)
             extractor = backbone.extractor
             self.model = keras.Model(extractor.inputs, self.head(extractor.output),
                                      name=f"{self.entry.name}_{self.task.name}")
@@ -143,6 +153,21 @@ class Trainer:
     @property
     def extractor(self):
         return self.backbone.extractor
+
+    @property
+    def linear_head(self) -> bool:
+        """True for the default head (no hidden layers): it is fitted as a converged probe."""
+        return not self.recipe.head.hidden_units
+
+    @property
+    def keras_class_weight(self) -> dict | None:
+        if self.class_weight_mode != "balanced":
+            return None
+        return class_weights(self.splits.train.targets, self.n_outputs)
+
+    @property
+    def strategy_name(self) -> str:
+        return self.recipe.schedule.strategy
 
     # -------------------------------------------------------------------------------------- datasets
     def dataset(self, examples, training: bool, targets: bool = True, batch_size: int | None = None):
@@ -188,8 +213,12 @@ class Trainer:
         if not self.entry.layer_groups and any(s.unfreeze not in (0, "all") for s in self.stages()):
             log.info("backbone %s has no layer groups in its catalog entry: unfreezing counts the whole backbone "
                      "as one group", self.entry.name)
+        if self.uses_feature_cache() and self.linear_head:
+            return self._fit_probe()
         if self.uses_feature_cache():
             return self._fit_on_cached_features()
+        if self.linear_head and self.recipe.schedule.lp_ft and self.strategy_name in ("layer_retraining", "fine_tuning"):
+            return self._fit_lpft()
         from tlkeras.recipes.freezing import apply_stage
 
         state = self._state()
@@ -210,7 +239,7 @@ class Trainer:
             recalibrate = stage.train_batchnorm and self.recipe.schedule.recalibrate_batchnorm
             # shuffle=False: the tf.data pipeline already reshuffles every epoch.
             result = self.model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, shuffle=False,
-                                    epochs=epoch + stage.epochs, verbose=self.verbose,
+                                    epochs=epoch + stage.epochs, verbose=self.verbose, class_weight=self.keras_class_weight,
                                     callbacks=self._callbacks(index, val_ds is not None, recalibrate))
             _merge(history, result.history)
             epoch += stage.epochs
@@ -227,6 +256,41 @@ class Trainer:
         used = recalibrate_batchnorm(self.extractor, batches)
         log.info("BatchNormalization statistics re-estimated over %d training batches", used)
 
+    def _fit_probe(self) -> dict:
+        from tlkeras.recipes import lpft
+
+        if self._state()["stages_done"]:
+            return {}
+        fit = lpft.fit_probe_head(self, self.splits.train, self.recipe.schedule.folds)
+        self.selection = {"mode": f"{fit.folds}-fold cross-validation" if fit.folds else "no cross-validation",
+                          "probe": fit.summary(), "kept": "probe"}
+        table = ", ".join(f"{name}: {mean:.4f}±{std:.4f}" for name, (mean, std) in fit.cv_scores.items())
+        log.info("probe on %d cached features: chose %s by %d-fold cross-validated %s (%s)", len(self.splits.train),
+                 fit.choice, fit.folds, fit.metric, table)
+        if self.splits.validation is not None:
+            from tlkeras.recipes.lpft import selection_score
+
+            score = selection_score(self.task.name, self.splits.validation.targets, self.predict(self.splits.validation))
+            self.selection["probe"]["validation_score"] = score
+            log.info("probe: validation %s %.4f", fit.metric, score)
+        self._finish_stage(0, 0)
+        return {}
+
+    def _fit_lpft(self) -> dict:
+        from tlkeras.recipes import lpft
+
+        state = self._state()
+        if state.get("stages_done", 0) >= 2:
+            self.model.load_weights(self.run.stage_checkpoint(1))
+            self.selection = state.get("selection", {})
+            return {}
+        stage = self.stages()[-1]
+        self.selection = lpft.fit_lpft(self, stage)
+        self._finish_stage(1, stage.epochs)
+        if self.run is not None:
+            self.run.write_state({**self.run.state(), "selection": self.selection})
+        return {}
+
     def _fit_on_cached_features(self) -> dict:
         stage = self.stages()[0]
         history: dict = {}
@@ -240,7 +304,8 @@ class Trainer:
         log.info("training the head on cached features of %d examples", len(train_x))
         result = self.head_on_features.fit(
             train_x, self.targets(self.splits.train), validation_data=val, batch_size=self.recipe.data.batch_size,
-            epochs=stage.epochs, shuffle=True, verbose=self.verbose, callbacks=self._callbacks(0, val is not None))
+            epochs=stage.epochs, shuffle=True, verbose=self.verbose, class_weight=self.keras_class_weight,
+            callbacks=self._callbacks(0, val is not None))
         _merge(history, result.history)
         self._finish_stage(0, stage.epochs)
         return history
@@ -279,6 +344,13 @@ class Trainer:
             optimizer = make_optimizer(schedule.optimizer, lr, schedule.weight_decay, backbone_vars,
                                        schedule.backbone_lr_multiplier)
             model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+
+    def training_callbacks(self, stage_index: int, has_validation: bool, recalibrate: bool = False):
+        """The recipe's Keras callbacks for one stage (history, backup, best checkpoint, ...); none without a
+        run directory."""
+        if self.run is None:
+            return []
+        return self._callbacks(stage_index, has_validation, recalibrate)
 
     def _callbacks(self, stage_index: int, has_validation: bool, recalibrate: bool = False):
         from tlkeras.recipes.callbacks import build_callbacks
@@ -319,7 +391,9 @@ class Trainer:
         return evaluate_predictions(examples.targets, self.predict(examples), self.labels, self.task.name,
                                     out_dir=self.run.path, title=self.recipe.name or self.run.path.parent.name,
                                     threshold=threshold, extra=details, history_csv=history,
-                                    fields={"split": which, "training_seconds": round(seconds, 2)})
+                                    sections=[selection_section(self.selection)] if self.selection else (),
+                                    fields={"split": which, "training_seconds": round(seconds, 2),
+                                            "selection": self.selection or None})
 
 
 def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
@@ -354,6 +428,16 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
     return RunResult(run.path, metrics, history, seconds)
 
 
+def selection_section(selection: dict) -> str:
+    """str: the report's "Model selection" section: what was tried, how it scored, what was kept and why."""
+    import html
+    import json
+
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td><pre>{html.escape(json.dumps(v, default=str))}</pre></td></tr>"
+                   for k, v in selection.items())
+    return f"<h2>Model selection</h2><table><tr><th>key</th><th>value</th></tr>{rows}</table>"
+
+
 @contextlib.contextmanager
 def run_log(path: Path):
     """Copies tlkeras's log messages into the run's log file while a run lasts."""
@@ -374,6 +458,30 @@ def _remove_empty_dirs(root: Path) -> None:
     for directory in sorted(root.glob("**/"), key=lambda p: len(p.parts), reverse=True):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
+
+
+def _class_weight_mode(setting: str, task: str, train) -> str | None:
+    """"balanced" or None, as `data.class_weight` says; "auto" balances classes when the smallest has under
+    half the examples of the largest."""
+    if task != "classification" or setting == "none":
+        return None
+    if setting == "balanced":
+        return "balanced"
+    counts = train.class_counts()
+    counts = counts[counts > 0]
+    if counts.min() < 0.5 * counts.max():
+        log.info("classes are imbalanced (%d to %d examples): balanced class weights", counts.min(), counts.max())
+        return "balanced"
+    return None
+
+
+def class_weights(targets: np.ndarray, n_classes: int) -> dict[int, float]:
+    """dict: class id -> weight inversely proportional to its frequency, averaging 1 over examples."""
+    counts = np.bincount(targets.astype(np.int64), minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    weights[present] = len(targets) / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}
 
 
 def _steps(n: int, batch_size: int) -> int:
