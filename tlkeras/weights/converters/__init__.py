@@ -43,7 +43,9 @@ class Converter:
 
 
 # weights_format -> converter. A format without a converter is loaded as the package ships it.
-CONVERTERS: dict[str, Converter] = {}
+CONVERTERS: dict[str, Converter] = {
+    "ctranslate2": Converter("tlkeras.weights.converters.ctranslate2_whisper:convert", "keras_arrays"),
+}
 
 
 def converter_for(entry: BackboneEntry) -> Converter | None:
