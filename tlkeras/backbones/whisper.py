@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import keras
@@ -304,6 +305,23 @@ class GreedyTranscriber:
         if not ids:
             return ""
         return _to_text(self.tokenizer.detokenize(np.asarray(ids, "int32")))
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """float: Word-level Levenshtein distance over the number of reference words, after lower-casing
+    and removing punctuation (apostrophes join: "o'clock" is "oclock").
+
+    Example:
+    >>> word_error_rate("The cat sat on the mat.", "the cat sat on mat")
+    0.16666666666666666
+    """
+    ref, hyp = (re.sub(r"[^a-z0-9 ]", " ", text.lower().replace("'", "")).split() for text in (reference, hypothesis))
+    row = list(range(len(hyp) + 1))
+    for i, word in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, other in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (word != other))
+    return row[-1] / max(len(ref), 1)
 
 
 def _to_text(value) -> str:
