@@ -4,7 +4,7 @@ feature quality (cosine to the 30 s features, and a leave-one-voice-out spoken-d
 
 Needs `espeak-ng` (Debian package espeak-ng) and the weights (`tlkeras fetch whisper_tiny_en_encoder`).
 
-    python scripts/measure_whisper.py [--skip-fetch] [--probe-voices 8]
+    python scripts/measure_whisper.py [--skip-fetch] [--probe-voices 5] [--batch 8]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ VOICES = ["en-us", "en-gb"]
 PROBE_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan",
                 "en-gb-x-gbcwmd"]
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-SPEEDS = [140, 175, 210]
+SPEEDS = [150, 200]
 
 
 def speak(text: str, voice: str, folder: Path, speed: int = 175) -> bytes:
@@ -69,83 +69,106 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--skip-fetch", action="store_true")
-    parser.add_argument("--probe-voices", type=int, default=len(PROBE_VOICES))
-    parser.add_argument("--batch", type=int, default=8)
-    args = parser.parse_args()
-    if not args.skip_fetch:
-        measure_fetch()
+def peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Leave-one-group-out accuracy of a scikit-learn-default logistic regression."""
     from sklearn.linear_model import LogisticRegression
 
+    correct = 0
+    for group in np.unique(groups):
+        held = groups == group
+        probe = LogisticRegression(max_iter=3000).fit(features[~held], labels[~held])
+        correct += int(np.sum(probe.predict(features[held]) == labels[held]))
+    return correct / len(labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sections", default="fetch,wer,throughput,probe")
+    parser.add_argument("--probe-voices", type=int, default=5)
+    parser.add_argument("--noise-snr-db", type=float, default=-6.0)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if "fetch" in sections:
+        measure_fetch()
+
     from tlkeras import audio_ops, registry
-    from tlkeras.backbones.whisper import GreedyTranscriber, encoder_model, word_error_rate
+    from tlkeras.backbones.whisper import GreedyTranscriber, build_backbone, encoder_model, word_error_rate
     from tlkeras.weights import weights_location
 
     folder = weights_location(registry.get("whisper_tiny_en_encoder"))
     start = time.perf_counter()
-    transcriber = GreedyTranscriber(folder)
-    print(f"build backbone + assign + tokenizer: {time.perf_counter() - start:.1f} s")
-    backbone = transcriber.backbone
-    print(f"parameters: whole {backbone.count_params():,}, encoder {transcriber.encoder.count_params():,}")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    backbone = build_backbone(folder)
+    print(f"build WhisperBackbone + assign arrays: {time.perf_counter() - start:.1f} s")
+    tmp = Path(tempfile.mkdtemp())
+    if "wer" in sections:
+        transcriber = GreedyTranscriber(folder, backbone=backbone)
+        print(f"parameters: whole {backbone.count_params():,}, encoder {transcriber.encoder.count_params():,}")
         errors = []
         for voice in VOICES:
             for sentence in SENTENCES:
                 wav = speak(sentence, voice, tmp)
                 start = time.perf_counter()
                 text = transcriber(audio_ops.wav_to_waveform(wav).numpy())
-                wer = word_error_rate(sentence, text)
-                errors.append(wer)
-                print(f"  {voice:6s} WER {wer:.2f} ({time.perf_counter() - start:.1f} s): {text!r}")
+                errors.append(word_error_rate(sentence, text))
+                print(f"  {voice:6s} WER {errors[-1]:.2f} ({time.perf_counter() - start:.1f} s): {text!r}")
         print(f"mean WER over {len(errors)} clips: {np.mean(errors):.3f}")
 
+    if "throughput" in sections:
         rng = np.random.default_rng(0)
         for seconds in (30, 10, 5):
             model = encoder_model(backbone, clip_seconds=seconds, pooled=True)
             batch = rng.normal(0, 0.1, (args.batch, seconds * 16000)).astype("float32")
             model(batch)  # warm-up
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             repeats = 3
             for _ in range(repeats):
                 model(batch)
             elapsed = (time.perf_counter() - start) / repeats
-            print(f"encoder {seconds:2d} s window, batch {args.batch}: {args.batch / elapsed:.2f} clips/s "
-                  f"({elapsed:.2f} s a batch)")
+            cpu = (time.process_time() - cpu) / repeats
+            print(f"encoder {seconds:2d} s window, batch {args.batch}: {args.batch / elapsed:.2f} clips/s wall "
+                  f"({elapsed:.2f} s a batch, {cpu / args.batch:.2f} CPU-s a clip, load {os.getloadavg()[0]:.1f}, "
+                  f"matmul peak now {peak_gflops():.0f} GFLOP/s)")
 
-        clips, labels, voices = [], [], []
+    if "probe" in sections:
+        # Two tasks: which digit (leave one voice out) in white noise, and which voice (leave one digit out).
+        rng = np.random.default_rng(1)
+        clips, digits, voices = [], [], []
         for voice in PROBE_VOICES[:args.probe_voices]:
             for speed in SPEEDS:
                 for label, word in enumerate(DIGITS):
-                    clips.append(audio_ops.wav_to_waveform(speak(word, voice, tmp, speed)).numpy())
-                    labels.append(label)
+                    clip = audio_ops.wav_to_waveform(speak(word, voice, tmp, speed)).numpy()
+                    noise = rng.normal(0, 1, clip.shape) * np.sqrt(np.mean(clip ** 2) / 10 ** (args.noise_snr_db / 10))
+                    clips.append(np.clip(clip + noise, -1, 1).astype(np.float32))
+                    digits.append(label)
                     voices.append(voice)
-    lengths = np.array([len(c) for c in clips])
-    print(f"probe: {len(clips)} spoken digits, {args.probe_voices} voices x {len(SPEEDS)} speeds, "
-          f"clip length {lengths.min() / 16000:.2f}-{lengths.max() / 16000:.2f} s")
-    labels, voices = np.array(labels), np.array(voices)
-    features = {}
-    for seconds in (30, 5):
-        hidden_model = encoder_model(backbone, clip_seconds=seconds, pooled=False)
-        waveforms = np.stack([audio_ops.pad_or_trim(c, seconds * 16000).numpy() for c in clips])
-        start = time.perf_counter()
-        hidden = encode(hidden_model, waveforms, args.batch)
-        print(f"  encoded {len(clips)} clips at {seconds} s in {time.perf_counter() - start:.0f} s")
-        features[f"{seconds} s, audio frames"] = masked_mean(hidden, lengths)
-        features[f"{seconds} s, all frames"] = hidden.mean(axis=1)
-    similarity = cosine(features["30 s, audio frames"], features["5 s, audio frames"])
-    print(f"cosine(5 s pooled, 30 s pooled), same clip: mean {similarity.mean():.3f}, min {similarity.min():.3f}")
-    for name, x in features.items():
-        correct = 0
-        for voice in np.unique(voices):
-            held = voices == voice
-            probe = LogisticRegression(max_iter=2000).fit(x[~held], labels[~held])
-            correct += int(np.sum(probe.predict(x[held]) == labels[held]))
-        print(f"  probe, leave one voice out, {name:20s}: {correct / len(labels):.3f}")
+        lengths = np.array([len(c) for c in clips])
+        digits, voices = np.array(digits), np.array(voices)
+        print(f"probe: {len(clips)} spoken digits ({args.probe_voices} voices x {len(SPEEDS)} speeds), white noise "
+              f"at {args.noise_snr_db:g} dB SNR, {lengths.min() / 16000:.2f}-{lengths.max() / 16000:.2f} s")
+        features = {}
+        for seconds in (30, 5):
+            hidden_model = encoder_model(backbone, clip_seconds=seconds, pooled=False)
+            waveforms = np.stack([audio_ops.pad_or_trim(c, seconds * 16000).numpy() for c in clips])
+            start = time.perf_counter()
+            hidden = encode(hidden_model, waveforms, args.batch)
+            print(f"  encoded {len(clips)} clips at {seconds} s in {time.perf_counter() - start:.0f} s")
+            features[f"{seconds} s window, audio frames"] = masked_mean(hidden, lengths)
+            features[f"{seconds} s window, all frames"] = hidden.mean(axis=1)
+        similarity = cosine(features["30 s window, audio frames"], features["5 s window, audio frames"])
+        print(f"cosine(5 s pooled, 30 s pooled), same clip: mean {similarity.mean():.3f}, min {similarity.min():.3f}")
+        for name, x in features.items():
+            print(f"  {name:28s} digit (leave one voice out) {probe_accuracy(x, digits, voices):.3f}, "
+                  f"voice (leave one digit out) {probe_accuracy(x, voices, digits):.3f}")
 
 
 if __name__ == "__main__":

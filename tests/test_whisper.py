@@ -343,6 +343,32 @@ def test_pypi_wheel_source_builds_the_pooled_encoder(tiny_entry, tiny_backbone):
     np.testing.assert_allclose(np.asarray(extractor(clip[:1, :3000])), pooled[:1], atol=1e-5)
 
 
+@pytest.mark.slow  # exporting the whole extractor takes 15-60 s on 2 shared cores
+def test_extractor_serves_wav_bytes_from_an_exported_saved_model(tiny_entry, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from tlkeras.backbones.sources import pypi_wheel
+
+    extractor = pypi_wheel(tiny_entry, True, None)
+
+    def serve(wavs):
+        waveforms = tf.map_fn(lambda w: audio_ops.wav_to_waveform(w, num_samples=16000), wavs,
+                              fn_output_signature=tf.TensorSpec([16000], tf.float32))
+        return {"features": extractor(waveforms)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(extractor)
+    archive.add_endpoint("serve", tf.function(serve, input_signature=[tf.TensorSpec([None], tf.string)]))
+    archive.write_out(str(tmp_path / "saved_model"), verbose=False)
+    reloaded = tf.saved_model.load(str(tmp_path / "saved_model"))
+    wavs = [_wav_bytes(_chirp(22050, 0.3), 22050), _wav_bytes(np.stack([_chirp(44100, 0.5)] * 2, 1), 44100)]
+    served = reloaded.serve(tf.constant(wavs))["features"].numpy()
+    expected = extractor(np.stack([audio_ops.wav_to_waveform(w, num_samples=16000).numpy() for w in wavs]))
+    assert served.shape == (2, TINY["hidden_dim"])
+    np.testing.assert_allclose(served, np.asarray(expected), atol=1e-5)
+
+
 def test_audio_frame_mask_counts_frames_up_to_the_last_nonzero_sample():
     from tlkeras.backbones.whisper import AudioFrameMask, audio_frames
 
@@ -472,6 +498,14 @@ def test_flac_reads_in_python_and_is_resampled_like_the_graph(tmp_path):
     np.testing.assert_allclose(loaded[:4000], audio_ops.resample(waveform, 44100).numpy()[:4000], atol=1e-6)
 
 
+def test_flac_read_in_python_gives_the_waveform_the_graph_gives_for_wav(tmp_path):
+    samples = np.round(_chirp(22050, 0.4) * 32767).astype(np.int16)  # the same 16-bit samples in both files
+    soundfile.write(tmp_path / "clip.flac", samples, 22050, subtype="PCM_16")
+    from_flac = audio_ops.load_audio(tmp_path / "clip.flac", num_samples=8000)
+    from_wav = audio_ops.wav_to_waveform(_wav_bytes(samples, 22050), num_samples=8000).numpy()
+    np.testing.assert_allclose(from_flac, from_wav, atol=1e-6)
+
+
 def test_audio_problem_names_undecodable_empty_and_silent_files(tmp_path):
     rate = 16000
     files = {"garbage.wav": b"RIFF\x10\x00\x00\x00not a wave file", "empty.wav": _wav_bytes(np.zeros(0), rate),
@@ -547,19 +581,47 @@ def test_real_whisper_transcribes_espeak_speech(tmp_path):
 
 
 @pytest.mark.slow
+def test_real_whisper_encoder_matches_ctranslate2s_own_output():
+    """tests/reference/whisper_ct2_reference.npz holds what CTranslate2 4.8.5 itself computes from the same
+    model.bin for a fixed signal (scripts/make_whisper_ct2_reference.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    from tlkeras import registry
+    from tlkeras.backbones.whisper import build_backbone, encoder_model
+    from tlkeras.weights import weights_location
+
+    spec = importlib.util.spec_from_file_location(
+        "make_reference", Path(__file__).parents[1] / "scripts" / "make_whisper_ct2_reference.py")
+    make_reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_reference)
+    reference = np.load(Path(__file__).parent / "reference" / "whisper_ct2_reference.npz")
+    backbone = build_backbone(weights_location(registry.get("whisper_tiny_en_encoder")))
+    hidden = np.asarray(encoder_model(backbone, pooled=False)(make_reference.test_signal()[None]))[0]
+    np.testing.assert_allclose(hidden[reference["frames"]], reference["hidden"], atol=2e-4)
+    pooled = np.asarray(encoder_model(backbone)(make_reference.test_signal()[None]))[0]
+    np.testing.assert_allclose(pooled, reference["audio_mean"], atol=2e-4)  # 3 s of audio = 150 frames
+
+
+@pytest.mark.slow
 def test_real_whisper_features_from_wav_bytes_pool_only_the_audio(tmp_path):
     import tensorflow as tf
 
-    from tlkeras import backbones, registry
+    from tlkeras import registry
+    from tlkeras.backbones.sources import pypi_wheel
 
-    entry = registry.get("whisper_tiny_en_encoder")
-    extractor = backbones.sources.pypi_wheel(entry, True, None)
+    extractor = pypi_wheel(registry.get("whisper_tiny_en_encoder"), True, None)
     assert extractor.count_params() == 8_208_384
     wavs = [espeak_wav(s, "en-us", tmp_path / f"{i}.wav") for i, s in enumerate(SENTENCES[:2])]
     waveforms = tf.stack([audio_ops.wav_to_waveform(w, num_samples=16000 * 30) for w in wavs])
-    features = np.asarray(extractor(waveforms))
-    assert features.shape == (2, 384) and np.all(np.isfinite(features))
-    # the same clip alone, and followed by a second clip, share its frames' features only in part: the
-    # pooled vector must change when speech is appended (it is pooled over audio, not the fixed window)
-    doubled = tf.concat([waveforms[0][: 16000 * 3], waveforms[1][: 16000 * 3]], axis=0)
-    assert not np.allclose(np.asarray(extractor(doubled[None])), features[:1], atol=1e-3)
+    pooled = np.asarray(extractor(waveforms))
+    assert pooled.shape == (2, 384) and np.all(np.isfinite(pooled))
+    # Averaged with the 27 s of silence frames, two different sentences look alike; over their audio
+    # frames only, they are told apart.
+    hidden = extractor.get_layer("whisper_encoder")(extractor.get_layer("log_mel")(waveforms))
+    everything = np.asarray(hidden).mean(axis=1)
+    assert _cosine(pooled[0], pooled[1]) < _cosine(everything[0], everything[1]) - 0.05
+
+
+def _cosine(a, b) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))

@@ -257,6 +257,7 @@ class GreedyTranscriber:
 
     def __init__(self, folder: str | Path, backbone=None):
         import keras_hub
+        import tensorflow as tf
 
         folder = Path(folder)
         self.config = read_config(folder)
@@ -265,6 +266,9 @@ class GreedyTranscriber:
             vocabulary=str(folder / VOCABULARY_FILE), merges=str(folder / MERGES_FILE),
             special_tokens=str(folder / SPECIAL_TOKENS_FILE))
         self.encoder = encoder_model(self.backbone, pooled=False)
+        hidden_dim = self.config["backbone"]["hidden_dim"]
+        self._step = tf.function(self._next_logits, input_signature=[  # one trace for every prefix length
+            tf.TensorSpec([1, None], tf.int32), tf.TensorSpec([1, None, hidden_dim], tf.float32)])
         tokens = self.config["tokenizer"]
         self.prompt = [tokens["startoftranscript"], tokens["notimestamps"]]
         self.end = tokens["endoftext"]
@@ -277,19 +281,20 @@ class GreedyTranscriber:
         self.suppress_begin = np.zeros(vocabulary, dtype=bool)
         self.suppress_begin[list(generation.get("suppress_ids_begin", []))] = True
 
+    def _next_logits(self, tokens, hidden):
+        backbone = self.backbone
+        x = backbone.decoder_embeddings(tokens)
+        for layer in backbone.decoder_transformer_layers:
+            x = layer(decoder_sequence=x, encoder_sequence=hidden, decoder_padding_mask=ops.ones_like(tokens))
+        x = backbone.decoder_layer_norm(x)
+        return ops.matmul(x[:, -1], ops.transpose(backbone.token_embedding.embeddings))  # tied projection
+
     def token_ids(self, waveform: np.ndarray, max_tokens: int = 96) -> list[int]:
         """list[int]: The greedy token ids for one 16 kHz clip of at most 30 s (prompt excluded)."""
         hidden = self.encoder(np.asarray(waveform, dtype="float32")[None, :])
-        backbone = self.backbone
-        embeddings = backbone.token_embedding.embeddings
         ids = list(self.prompt)
         for step in range(max_tokens):
-            tokens = np.asarray([ids], dtype="int32")
-            x = backbone.decoder_embeddings(tokens)
-            for layer in backbone.decoder_transformer_layers:
-                x = layer(decoder_sequence=x, encoder_sequence=hidden, decoder_padding_mask=np.ones_like(tokens))
-            x = backbone.decoder_layer_norm(x)
-            logits = ops.convert_to_numpy(ops.matmul(x[:, -1], ops.transpose(embeddings)))[0]
+            logits = np.array(self._step(np.asarray([ids], dtype="int32"), hidden))[0]
             logits[self.suppress] = -np.inf
             if step == 0:
                 logits[self.suppress_begin] = -np.inf
