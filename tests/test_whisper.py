@@ -598,9 +598,9 @@ def test_real_whisper_encoder_matches_ctranslate2s_own_output():
     reference = np.load(Path(__file__).parent / "reference" / "whisper_ct2_reference.npz")
     backbone = build_backbone(weights_location(registry.get("whisper_tiny_en_encoder")))
     hidden = np.asarray(encoder_model(backbone, pooled=False)(make_reference.test_signal()[None]))[0]
-    np.testing.assert_allclose(hidden[reference["frames"]], reference["hidden"], atol=2e-4)
+    np.testing.assert_allclose(hidden[reference["frames"]], reference["hidden"], atol=1e-4)  # measured 6e-6
     pooled = np.asarray(encoder_model(backbone)(make_reference.test_signal()[None]))[0]
-    np.testing.assert_allclose(pooled, reference["audio_mean"], atol=2e-4)  # 3 s of audio = 150 frames
+    np.testing.assert_allclose(pooled, reference["audio_mean"], atol=1e-4)  # 3 s of audio: 150 frames
 
 
 @pytest.mark.slow
