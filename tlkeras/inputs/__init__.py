@@ -1,4 +1,4 @@
-"""Input kinds: one object per kind of input (image, text), owning everything that differs between them:
+"""Input kinds: one object per kind of input (image, text, audio), owning everything that differs between them:
 its input spec, reading checks, decoding (one implementation for training and serving), datasets, the
 feature extractor around a backbone, augmentation, serving signatures, warm-up requests and its part of
 the feature-cache key. The rest of tlkeras asks the kind instead of branching on it.
@@ -13,12 +13,13 @@ Example:
 from __future__ import annotations
 
 from tlkeras.errors import TlkerasError
+from tlkeras.inputs.audio import AudioKind
 from tlkeras.inputs.base import InputKind, InputSpec
 from tlkeras.inputs.image import ImageKind
 from tlkeras.inputs.text import TextKind
 from tlkeras.suggest import did_you_mean
 
-KINDS: dict[str, InputKind] = {kind.name: kind for kind in (ImageKind(), TextKind())}
+KINDS: dict[str, InputKind] = {kind.name: kind for kind in (ImageKind(), TextKind(), AudioKind())}
 
 
 def get(name: str) -> InputKind:

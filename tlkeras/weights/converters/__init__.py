@@ -46,6 +46,7 @@ class Converter:
 CONVERTERS: dict[str, Converter] = {
     "onnx_dinov2": Converter("tlkeras.weights.converters.onnx_encoders:convert_dinov2", "hf_preset"),
     "onnx_bert": Converter("tlkeras.weights.converters.onnx_encoders:convert_bert", "hf_preset"),
+    "ctranslate2": Converter("tlkeras.weights.converters.ctranslate2_whisper:convert", "keras_arrays"),
 }
 
 
