@@ -221,6 +221,7 @@ def test_unknown_architecture_and_tensor_name_the_problem(tmp_path):
         list(gguf_decoder.hf_tensors(gguf.GGUFReader(str(path)), {"general.architecture": "llama", **fields}))
 
 
+@pytest.mark.slow  # builds three keras-hub backbones
 def test_keras_hub_loads_the_converted_folders(tiny_llama, tiny_gemma):
     import keras_hub
 
