@@ -375,13 +375,13 @@ def convert_file(path: str | Path, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     reader = gguf.GGUFReader(str(path))
     meta = read_metadata(reader)
-    arch = meta.get("general.architecture", "")
-    _architecture(arch)
+    arch = _architecture(meta.get("general.architecture", ""))
     tensors = dict(hf_tensors(reader, meta))
-    config = _architecture(arch).config(meta, "lm_head.weight" not in tensors)
-    config.update({key: meta[f"tokenizer.ggml.{field}"] for key, field in (
-        ("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"))
-        if f"tokenizer.ggml.{field}" in meta})
+    config = arch.config(meta, "lm_head.weight" not in tensors)
+    for key, field in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                       ("pad_token_id", "padding_token_id")):
+        if f"tokenizer.ggml.{field}" in meta:
+            config[key] = meta[f"tokenizer.ggml.{field}"]
     config["torch_dtype"] = "float32"
     with atomic_path(out / "model.safetensors") as tmp:
         safetensors.numpy.save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -395,8 +395,7 @@ def convert_file(path: str | Path, out: str | Path) -> dict[str, Any]:
         "file": Path(path).name,
         "general": {k: v for k, v in meta.items() if k.startswith("general.")},
         "tensor_types": dict(sorted(Counter(t.tensor_type.name for t in reader.tensors).items())),
-        "fixes": {"qk_rows_unpermuted": _architecture(arch).permute_qk,
-                  "norm_shift_subtracted": _architecture(arch).norm_shift},
+        "fixes": {"qk_rows_unpermuted": arch.permute_qk, "norm_shift_subtracted": arch.norm_shift},
     })
     return config
 
