@@ -7,3 +7,7 @@ class TlkerasError(Exception):
 
 class WeightsUnavailableError(TlkerasError):
     """Pre-trained weights are not on disk and cannot be downloaded; the message names the fix."""
+
+
+class TermsNotAcceptedError(TlkerasError):
+    """An opt-in backbone's licence terms must be accepted before its weights are fetched."""

@@ -66,5 +66,25 @@ class TokenMeanPooling(keras.layers.Layer):
         return ops.mean(sequence, axis=1)
 
 
-TEXT_POOLING = {"mean": MaskedMeanPooling, "cls": FirstTokenPooling}
+class LastTokenPooling(keras.layers.Layer):
+    """Takes the vector of the last token where `padding_mask` is set: what a causal decoder has read
+    the whole text into.
+
+    Call with `(sequence, padding_mask)`: float (B, L, H) and int/bool (B, L). Returns (B, H). The last
+    set position is found row by row, so right-padded (and left-padded) batches are both right; a row
+    with no token set gets position 0.
+
+    Example:
+    >>> LastTokenPooling()(np.arange(6.0).reshape(1, 3, 2), np.array([[1, 1, 0]]))
+    array([[2., 3.]])
+    """
+
+    def call(self, sequence, padding_mask):
+        positions = ops.arange(ops.shape(sequence)[1], dtype="int32")
+        set_positions = ops.where(ops.cast(padding_mask, "bool"), positions[None, :], -1)
+        last = ops.maximum(ops.max(set_positions, axis=1), 0)
+        return ops.take_along_axis(sequence, last[:, None, None], axis=1)[:, 0, :]
+
+
+TEXT_POOLING = {"mean": MaskedMeanPooling, "cls": FirstTokenPooling, "last": LastTokenPooling}
 TOKEN_POOLING = {"cls": FirstTokenPooling, "mean": TokenMeanPooling}

