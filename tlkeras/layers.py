@@ -86,5 +86,13 @@ class LastTokenPooling(keras.layers.Layer):
         return ops.take_along_axis(sequence, last[:, None, None], axis=1)[:, 0, :]
 
 
+@keras.saving.register_keras_serializable(package="tlkeras")
+class HorizontalFlip(keras.layers.Layer):
+    """Mirrors a batch of images (B, H, W, C) left to right, always: test-time augmentation's second view."""
+
+    def call(self, images):
+        return ops.flip(images, axis=2)
+
+
 TEXT_POOLING = {"mean": MaskedMeanPooling, "cls": FirstTokenPooling, "last": LastTokenPooling}
 TOKEN_POOLING = {"cls": FirstTokenPooling, "mean": TokenMeanPooling}

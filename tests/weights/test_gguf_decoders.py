@@ -18,7 +18,6 @@ import yaml
 from tlkeras import registry
 from tlkeras import weights as weight_packages
 from tlkeras.errors import TermsNotAcceptedError, TlkerasError
-from tlkeras.registry.catalog import _load
 from tlkeras.weights.converters import gguf_decoder
 
 TLKERAS = shutil.which("tlkeras", path=os.path.dirname(sys.executable)) or "tlkeras"
@@ -318,9 +317,7 @@ def gguf_catalog(tmp_path, monkeypatch, tiny_llama):
     catalog = tmp_path / "catalog"
     catalog.mkdir()
     (catalog / "tiny.yaml").write_text(yaml.safe_dump({"family": "tiny", "entries": [entry]}))
-    _load.cache_clear()
     yield {"wheel": wheel, "catalog": catalog, "home": tmp_path / "home"}
-    _load.cache_clear()
 
 
 def test_opt_in_fetch_needs_accept_terms_then_converts(gguf_catalog, tmp_path):
@@ -370,7 +367,7 @@ def test_catalog_entries_of_the_gguf_decoders():
 
 # ---------------------------------------------------------------------------------------- text features
 def test_last_token_pooling_reads_the_last_unpadded_token():
-    from tlkeras.backbones.layers import TEXT_POOLING
+    from tlkeras.layers import TEXT_POOLING
 
     sequence = np.arange(2 * 4 * 3, dtype="float32").reshape(2, 4, 3)
     pooled = TEXT_POOLING["last"]()(sequence, np.array([[1, 1, 0, 0], [1, 1, 1, 1]]))

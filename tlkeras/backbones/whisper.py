@@ -30,8 +30,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from tlkeras.backbones.layers import MaskedMeanPooling
 from tlkeras.errors import TlkerasError
+from tlkeras.layers import MaskedMeanPooling
 from tlkeras.weights.converters import ARRAYS_FILE
 from tlkeras.weights.converters.ctranslate2_whisper import (
     CONFIG_FILE,

@@ -21,6 +21,8 @@ figure { margin: 1rem 0 2rem; } img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9rem; }
 pre { margin: 0; white-space: pre-wrap; word-break: break-word; font-size: 0.85rem; }
 .notes li { color: #8a5a00; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.6rem; } .card { border: 1px solid #ddd; padding: 0.4rem;
+  width: 12rem; font-size: 0.82rem; } .card img { max-width: 96px; } .example { color: #333; }
 """
 
 
@@ -50,11 +52,38 @@ def figure_html(caption: str, png: bytes) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+# On load, the page counts its images that decoded: a headless browser (tests) reads it off the body.
+_IMAGE_CHECK = ("<script>window.addEventListener('load',function(){var i=document.images,ok=0;"
+                "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)ok++;}"
+                "document.body.setAttribute('data-images',i.length);document.body.setAttribute('data-images-ok',ok);"
+                "});</script>")
+
+
 def page(title: str, parts: list[str]) -> str:
     """str: a whole HTML page, styles inline, so the file opens anywhere on its own."""
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style>{_IMAGE_CHECK}</head>\n<body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
+
+
+def gallery(wrong, examples, kind, labels) -> str:
+    """str: the "Most confidently wrong" section: each example (a thumbnail, or its text) with its true and
+    predicted class and the predicted probability."""
+    if not wrong:
+        return "<h2>Most confidently wrong</h2><p>No wrong predictions.</p>"
+    cards = []
+    for row, true, predicted, confidence in wrong:
+        shown = kind.describe_example(examples[row])
+        picture = ""
+        if "image" in shown:
+            data = base64.b64encode(shown["image"]).decode("ascii")
+            picture = f'<img alt="example {row}" src="data:image/png;base64,{data}"><br>'
+        text = html.escape(str(shown.get("text", ""))[:300])
+        cards.append(f'<div class="card">{picture}<span class="example">{text}</span><br>true '
+                     f"<b>{html.escape(labels[true])}</b>, predicted <b>{html.escape(labels[predicted])}</b> "
+                     f"({confidence:.2f})</div>")
+    return ("<h2>Most confidently wrong</h2><p>The wrong predictions made with the highest probability.</p>"
+            f'<div class="gallery">{"".join(cards)}</div>')
 
 
 def render(result: dict, images: list[tuple[str, bytes]], extra: dict | None, sections: list[str] = ()) -> str:

@@ -142,6 +142,12 @@ class InputKind:
                                f"it: remove it. Received: augment={config}")
         return None
 
+    def test_time_augmented(self, model):
+        """keras.Model: `model` averaging its outputs over augmented views of each input
+        (`augment.tta`). Kinds without such views refuse."""
+        raise TlkerasError(f"augment.tta averages over mirrored images; a {self.name} recipe cannot use it: remove "
+                           "it")
+
     # ---------------------------------------------------------------------------------------- serving
     def signatures(self, model, spec: InputSpec, task, labels: Sequence[str], threshold: float,
                    preprocessor=None) -> dict[str, Callable]:

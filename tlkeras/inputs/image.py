@@ -237,6 +237,15 @@ class ImageKind(InputKind):
 
         return augment
 
+    def test_time_augmented(self, model):
+        import keras
+
+        from tlkeras.layers import HorizontalFlip
+
+        pixels = keras.Input(shape=model.input_shape[1:], dtype="float32", name="pixels")
+        mean = keras.layers.Average(name="tta_mean")([model(pixels), model(HorizontalFlip(name="tta_flip")(pixels))])
+        return keras.Model(pixels, mean, name=f"{model.name}_tta")
+
     def signatures(self, model, spec, task, labels, threshold, preprocessor=None):
         import tensorflow as tf
 

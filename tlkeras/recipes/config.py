@@ -29,7 +29,8 @@ from tlkeras import tasks
 from tlkeras.evaluation import DEFAULT_THRESHOLD
 from tlkeras.schema import SchemaError, bounded, from_dict, to_dict
 
-Strategy = Literal["feature_extraction", "layer_retraining", "gradual_unfreezing", "fine_tuning", "weight_init"]
+Strategy = Literal["feature_extraction", "layer_retraining", "gradual_unfreezing", "fine_tuning", "weight_init",
+                   "contrastive", "auto"]
 
 
 @dataclass
@@ -91,6 +92,13 @@ class ScheduleConfig:
     folds: int = bounded(5, 2, 20)  # cross-validation folds for the probe's regularisation
     finetune_folds: int = bounded(3, 2, 20)  # LP-FT on small data: folds that choose the fine-tuning epochs
     lp_ft: bool = True  # layer_retraining / fine_tuning with a linear head: the converged probe first
+    # contrastive (SetFit-style): pair rounds over the data, optimizer steps cap, encoder learning rate
+    contrastive_iterations: int = bounded(20, 1, 1000)
+    contrastive_max_steps: int = bounded(160, 1)
+    contrastive_learning_rate: float = bounded(2e-5, 0.0, 1.0, open_low=True)
+    contrastive_batch_size: int = bounded(16, 2, 4096)
+    # auto: the time it may spend choosing among the probe, LP-FT and contrastive fine-tuning
+    budget_minutes: float = bounded(30.0, 0.0, open_low=True)
 
 
 @dataclass

@@ -55,6 +55,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Pa
                                 title=f"{run.path.parent.name}/{run.name} on {Path(data).name}",
                                 threshold=recipe.export.threshold if recipe.export else 0.5,
                                 extra={"run directory": str(run.path), "data": str(data)},
+                                examples=examples.inputs, kind=kind,
                                 fields={"split": str(data), "skipped": notes})
 
 

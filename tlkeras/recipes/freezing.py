@@ -37,12 +37,14 @@ def plan_stages(schedule: ScheduleConfig, n_groups: int) -> list[Stage]:
     """
     lr, epochs, strategy = schedule.learning_rate, schedule.epochs, schedule.strategy
     head_first = [Stage(schedule.head_epochs, 0, lr)] if schedule.head_epochs else []
-    if strategy == "feature_extraction":
+    if strategy in ("feature_extraction", "auto"):  # auto plans a frozen probe; it may fine-tune later
         return [Stage(epochs, 0, lr)]
     if strategy == "layer_retraining":
         return head_first + [Stage(epochs, schedule.unfreeze, lr)]
     if strategy == "fine_tuning":
         return head_first + [Stage(epochs, "all", lr)]
+    if strategy == "contrastive":  # the whole encoder tunes on pairs, then the probe fits on it
+        return [Stage(1, "all", schedule.contrastive_learning_rate)]
     if strategy == "weight_init":
         return [Stage(epochs, "all", lr, train_batchnorm=True)]
     if schedule.stages:  # gradual_unfreezing, explicit

@@ -17,6 +17,7 @@ import numpy as np
 
 from tlkeras import data as data_lib
 from tlkeras import inputs, registry, tasks
+from tlkeras.errors import TlkerasError
 from tlkeras.evaluation import evaluate_predictions
 from tlkeras.recipes.config import Recipe
 from tlkeras.run_dir import RunDir
@@ -128,6 +129,8 @@ class Trainer:
             # The same layers, never compiled: model.keras and best.keras then load with only tlkeras.layers
             # registered, not the training optimizer and schedule.
             self.inference_model = keras.Model(self.model.input, self.model.output, name=self.model.name)
+            if augment.tta:  # the saved and exported model averages each image's outputs with its mirror's
+                self.inference_model = self.kind.test_time_augmented(self.inference_model)
             # Likewise the head trains on cached features through its own twin, so the head nested in the
             # saved models is never compiled.
             self.head_on_features = keras.Model(self.head.input, self.head.output, name="head_on_features")
@@ -194,6 +197,8 @@ class Trainer:
 
     def uses_feature_cache(self) -> bool:
         """True when every stage keeps the backbone frozen and no augmentation changes its inputs."""
+        if self.strategy_name == "auto" and self.selection.get("kept") not in (None, "probe"):
+            return False  # auto chose to fine-tune: predictions go through the tuned backbone
         return (self.recipe.data.cache_features and all(s.unfreeze == 0 for s in self.stages())
                 and self.augment is None and self.recipe.distribution == "none")
 
@@ -216,6 +221,8 @@ class Trainer:
         if not self.entry.layer_groups and any(s.unfreeze not in (0, "all") for s in self.stages()):
             log.info("backbone %s has no layer groups in its catalog entry: unfreezing counts the whole backbone "
                      "as one group", self.entry.name)
+        if self.strategy_name in ("auto", "contrastive"):
+            return self._fit_selected()
         if self.uses_feature_cache() and self.linear_head:
             return self._fit_probe()
         if self.uses_feature_cache():
@@ -278,6 +285,30 @@ class Trainer:
             log.info("probe: validation %s %.4f", fit.metric, score)
         self._finish_stage(0, 0)
         return {}
+
+    def _fit_selected(self) -> dict:
+        from tlkeras.recipes import auto
+
+        state = self._state()
+        if state.get("stages_done", 0) >= 1:
+            self.model.load_weights(self.run.stage_checkpoint(0))
+            self.selection = state.get("selection", {})
+            return {}
+        if not self.linear_head:
+            raise TlkerasError(f"strategy {self.strategy_name} fits the probe head: remove head.hidden_units. "
+                               f"Received: hidden_units={list(self.recipe.head.hidden_units)}")
+        self.selection = auto.fit_auto(self) if self.strategy_name == "auto" else auto.fit_contrastive(self)
+        self._finish_stage(0, 0)
+        if self.run is not None:
+            self.run.write_state({**self.run.state(), "selection": self.selection})
+        return {}
+
+    def extract_features(self, examples) -> np.ndarray:
+        """np.ndarray: features of `examples` through the extractor as it is now (no cache: after contrastive or
+        fine-tuning steps the cached features would be stale)."""
+        from tlkeras.recipes import features as feature_cache
+
+        return feature_cache.extract(self.extractor, self.dataset(examples, False, targets=False), verbose=0)
 
     def _fit_lpft(self) -> dict:
         from tlkeras.recipes import lpft
@@ -377,6 +408,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ evaluation
     def predict(self, examples) -> np.ndarray:
+        if self.recipe.augment.tta:
+            return np.asarray(self.inference_model.predict(self.dataset(examples, False, targets=False), verbose=0))
         if self.uses_feature_cache():
             return np.asarray(self.head.predict(self.cached_features(examples), verbose=0,
                                                 batch_size=self.recipe.data.batch_size))
@@ -394,6 +427,7 @@ class Trainer:
         return evaluate_predictions(examples.targets, self.predict(examples), self.labels, self.task.name,
                                     out_dir=self.run.path, title=self.recipe.name or self.run.path.parent.name,
                                     threshold=threshold, extra=details, history_csv=history,
+                                    examples=examples.inputs, kind=self.kind,
                                     sections=[selection_section(self.selection)] if self.selection else (),
                                     fields={"split": which, "training_seconds": round(seconds, 2),
                                             "selection": self.selection or None})
