@@ -120,3 +120,21 @@ def test_pypi_wheel_image_architectures(name, tmp_path):
 @pytest.mark.parametrize("name", [TINY_CNN, TINY_BERT])
 def test_local_and_preset_folder_backbones(name, tmp_path):
     run_backbone_contract(name, None, tmp_path)
+
+
+@pytest.mark.usefixtures("tlkeras_env")
+def test_an_ensemble_concatenates_members_at_their_own_sizes(tmp_path):
+    import numpy as np
+
+    from tlkeras import backbones
+
+    ensemble = backbones.build([TINY_CNN, "efficientnet_lite0_imagenet"], weights=False,
+                               data=SimpleNamespace(image_size=(32, 32), sequence_length=None))
+    assert ensemble.spec.image_size == (32, 32) and ensemble.entry.supports == ("feature_extraction",)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    features = ensemble.extractor(x)
+    assert features.shape == (2, 32 + 1280)
+    lite = [layer for layer in ensemble.extractor.layers if layer.name == "efficientnet_lite0_imagenet"][0]
+    assert lite.input_shape[1:3] == (224, 224)  # resized inside the model to the member's own size
+    with pytest.raises(Exception, match="ensemble"):
+        backbones.build([TINY_CNN, "minilm_l6_v2"], weights=False)

@@ -40,7 +40,8 @@ def recipe_file(tmp_path, colour_folder, colour_test_folder):
 def test_train_evaluate_export_from_a_recipe_file(tmp_path, recipe_file):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    trained = tlkeras("train", str(recipe_file), "--set", "schedule.epochs=3", "--verbose", "0", cwd=elsewhere)
+    trained = tlkeras("train", str(recipe_file), "--set", "schedule.epochs=3", "--set", "head.hidden_units=[8]",
+                      "--verbose", "0", cwd=elsewhere)
     assert trained.returncode == 0, trained.stderr[-2000:]
     run_dir = tmp_path / "runs" / "colours" / "1"  # relative to the recipe file, not the working directory
     printed = json.loads(trained.stdout.splitlines()[0])

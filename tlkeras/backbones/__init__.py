@@ -28,7 +28,7 @@ from tlkeras.errors import TlkerasError
 from tlkeras.inputs import InputSpec
 from tlkeras.weights import fetch, is_fetched, weights_location
 
-__all__ = ["Backbone", "build", "fetch", "flat_layers", "group_layers", "is_fetched", "load", "load_preprocessor",
+__all__ = ["Backbone", "build", "entry_for", "fetch", "flat_layers", "group_layers", "is_fetched", "load", "load_preprocessor",
            "weights_location"]
 
 
@@ -64,11 +64,20 @@ def check_supported(entry, need: str = "feature_extraction") -> None:
                            f"Pick another backbone: `tlkeras registry list --supports {need}`")
 
 
-def build(name: str, weights: bool = True, data=None, extra_dirs: Sequence[str | os.PathLike] = ()) -> Backbone:
+def entry_for(name, extra_dirs: Sequence[str | os.PathLike] = ()):
+    """BackboneEntry: the catalog entry of `name`, or the ensemble entry of a list of names."""
+    if isinstance(name, (list, tuple)):
+        from tlkeras.backbones.ensemble import ensemble_entry
+
+        return ensemble_entry(name, extra_dirs)
+    return registry.get(name, extra_dirs)
+
+
+def build(name, weights: bool = True, data=None, extra_dirs: Sequence[str | os.PathLike] = ()) -> Backbone:
     """Builds the backbone `name` for the input a recipe's `data` section asks for.
 
     Args:
-        name: str. A registry name, e.g. "efficientnet_lite0_imagenet".
+        name: str, or a list of names: their frozen features concatenated (`ensemble.py`).
         weights: bool. Load the pre-trained weights; False builds the architecture with random weights
             (for "weight initialization" baselines and tests). Defaults to True.
         data: the recipe's `data` section (or anything with `image_size` / `sequence_length`). Defaults to
@@ -79,6 +88,10 @@ def build(name: str, weights: bool = True, data=None, extra_dirs: Sequence[str |
         UnknownBackboneError: for an unknown name, with the closest known one.
         WeightsUnavailableError: when the weights are missing offline, naming the fix.
     """
+    if isinstance(name, (list, tuple)):
+        from tlkeras.backbones.ensemble import build_ensemble
+
+        return build_ensemble(name, weights, data, extra_dirs)
     entry = registry.get(name, extra_dirs)
     check_supported(entry)
     kind = inputs.for_entry(entry)
@@ -108,6 +121,8 @@ def load_preprocessor(name: str, sequence_length: int | None = None, extra_dirs=
     >>> tokenize(tf.constant(["a cat sits on the mat"]))["token_ids"].shape
     TensorShape([1, 64])
     """
+    if isinstance(name, (list, tuple)):
+        return None  # ensembles are of kinds that need no preprocessor (text is refused)
     entry = registry.get(name, extra_dirs)
     kind = inputs.for_entry(entry)
     spec = kind.spec(entry, SimpleNamespace(image_size=(), sequence_length=sequence_length))

@@ -112,6 +112,14 @@ class InputKind:
         """keras.KerasTensor: the input a SavedModel / TF-Hub module of this kind takes."""
         raise NotImplementedError
 
+    def adapt(self, inputs, spec_in: InputSpec, spec_out: InputSpec):
+        """The canonical `inputs` of `spec_in` as a network built for `spec_out` takes them (an ensemble
+        member's own input size). Kinds whose specs must match refuse a difference."""
+        if spec_in != spec_out:
+            raise TlkerasError(f"the ensemble's backbones take different {self.name} inputs ({spec_in.to_dict()} vs "
+                               f"{spec_out.to_dict()}); pick backbones that agree")
+        return inputs
+
     def feature_extractor(self, entry, network, spec: InputSpec):
         """keras.Model: `network` wrapped to take this kind's canonical inputs and return pooled
         features (B, feature_dim)."""

@@ -237,6 +237,14 @@ class ImageKind(InputKind):
 
         return augment
 
+    def adapt(self, inputs, spec_in, spec_out):
+        import keras
+
+        if spec_in.image_size == spec_out.image_size:
+            return inputs
+        h, w = spec_out.image_size  # the same bilinear resize, no antialiasing, as decoding does
+        return keras.layers.Resizing(h, w, interpolation="bilinear", name=f"resize_{h}x{w}")(inputs)
+
     def test_time_augmented(self, model):
         import keras
 

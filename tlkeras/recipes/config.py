@@ -155,7 +155,7 @@ class ExportConfig:
 class Recipe:
     """A whole training recipe. `backbone` and `data.train` are required."""
 
-    backbone: str = ""
+    backbone: str | tuple[str, ...] = ""  # a registry name, or a list: the backbones' features concatenated
     task: str = "classification"  # a name in tlkeras.tasks
     backbone_weights: Literal["pretrained", "random"] = "pretrained"
     data: DataConfig = field(default_factory=DataConfig)

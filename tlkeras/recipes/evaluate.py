@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkeras import inputs, registry
+from tlkeras import inputs
 from tlkeras.errors import TlkerasError
 from tlkeras.evaluation import evaluate_predictions
 from tlkeras.run_dir import RunDir
@@ -39,7 +39,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Pa
     if not data:
         raise TlkerasError("the run's recipe has no test data: pass --data FOLDER_OR_TABLE")
     labels = run.labels(recipe.task)
-    entry = registry.get(recipe.backbone)
+    entry = backbones.entry_for(recipe.backbone)
     kind = inputs.for_entry(entry)
     spec = run.input_spec(config)
     examples = read_split(recipe, data, kind, labels or None)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkeras import data as data_lib
-from tlkeras import inputs, registry, tasks
+from tlkeras import inputs, tasks
 from tlkeras.errors import TlkerasError
 from tlkeras.evaluation import evaluate_predictions
 from tlkeras.recipes.config import Recipe
@@ -144,7 +144,7 @@ class Trainer:
         from tlkeras.recipes.distribute import make_strategy
 
         keras.utils.set_random_seed(recipe.seed)
-        entry = registry.get(recipe.backbone)
+        entry = backbones.entry_for(recipe.backbone)
         backbones.check_supported(entry)
         splits = load_splits(recipe, inputs.for_entry(entry))
         strategy = make_strategy(recipe.distribution)
