@@ -8,6 +8,9 @@ import types
 
 import numpy as np
 
+from tlkeras.backbones.efficientnet_lite import _weight_map
+
+
 class FakeStorage:
     def __init__(self, key, values):
         self.key = key
@@ -23,7 +26,7 @@ class FakeTensor:
 
 
 def write_legacy(path, tensors, monkeypatch):
-    """Write {name: _FakeTensor} the way torch.save(..., _use_new_zipfile_serialization=False) does."""
+    """Write {name: FakeTensor} the way torch.save(..., _use_new_zipfile_serialization=False) does."""
     torch_module = types.ModuleType("torch")
     utils_module = types.ModuleType("torch._utils")
     storage_types = {}
@@ -58,3 +61,37 @@ def write_legacy(path, tensors, monkeypatch):
         for storage in storages.values():
             f.write(struct.pack("<q", storage.values.size))
             f.write(storage.values.astype(storage.values.dtype.newbyteorder("<")).tobytes())
+
+
+def lite_state_dict(model, rng):
+    """Random arrays in torch layout and lukemelas naming, shaped from the model's own layers."""
+    sd = {}
+    for layer_name, kind, prefix in _weight_map(model):
+        layer = model.get_layer(layer_name)
+        if kind == "conv":
+            h, w, i, o = layer.kernel.shape
+            sd[f"{prefix}.weight"] = rng.normal(size=(o, i, h, w)).astype("float32")
+        elif kind == "dwconv":
+            h, w, c, _ = layer.kernel.shape
+            sd[f"{prefix}.weight"] = rng.normal(size=(c, 1, h, w)).astype("float32")
+        elif kind == "dense":
+            i, o = layer.kernel.shape
+            sd[f"{prefix}.weight"] = rng.normal(size=(o, i)).astype("float32")
+            sd[f"{prefix}.bias"] = rng.normal(size=(o,)).astype("float32")
+        else:
+            n = layer.gamma.shape[0]
+            for suffix in ("weight", "bias", "running_mean", "running_var"):
+                sd[f"{prefix}.{suffix}"] = rng.uniform(0.5, 1.5, size=(n,)).astype("float32")
+            sd[f"{prefix}.num_batches_tracked"] = np.array(1, dtype=np.int64)
+    return sd
+
+
+def write_state_dict(path, state_dict, monkeypatch):
+    """Write a {name: numpy array} state dict as a legacy .pth, one storage per tensor."""
+    tensors = {}
+    for index, (name, value) in enumerate(state_dict.items()):
+        value = np.ascontiguousarray(value)
+        storage = FakeStorage(str(index), value.reshape(-1))
+        strides = tuple(int(s) // value.itemsize for s in value.strides) if value.ndim else ()
+        tensors[name] = FakeTensor(storage, 0, value.shape, strides)
+    write_legacy(path, tensors, monkeypatch)

@@ -4,9 +4,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.legacy_pth import FakeStorage, FakeTensor, write_legacy
+from tests.legacy_pth import FakeStorage, FakeTensor, lite_state_dict, write_legacy
 from tlkeras import registry, weights
-from tlkeras.backbones import efficientnet_lite as lite_module
 from tlkeras.backbones.efficientnet_lite import (
     convert_lite0_weights,
     convert_lite_weights,
@@ -116,32 +115,9 @@ def test_unknown_variant_names_the_known_ones():
         efficientnet_lite("lite9")
 
 
-def _synthetic_state_dict(model, rng):
-    """Random arrays in torch layout and lukemelas naming, shaped from the model's own layers."""
-    sd = {}
-    for layer_name, kind, prefix in lite_module._weight_map(model):
-        layer = model.get_layer(layer_name)
-        if kind == "conv":
-            h, w, i, o = layer.kernel.shape
-            sd[f"{prefix}.weight"] = rng.normal(size=(o, i, h, w)).astype("float32")
-        elif kind == "dwconv":
-            h, w, c, _ = layer.kernel.shape
-            sd[f"{prefix}.weight"] = rng.normal(size=(c, 1, h, w)).astype("float32")
-        elif kind == "dense":
-            i, o = layer.kernel.shape
-            sd[f"{prefix}.weight"] = rng.normal(size=(o, i)).astype("float32")
-            sd[f"{prefix}.bias"] = rng.normal(size=(o,)).astype("float32")
-        else:
-            n = layer.gamma.shape[0]
-            for suffix in ("weight", "bias", "running_mean", "running_var"):
-                sd[f"{prefix}.{suffix}"] = rng.uniform(0.5, 1.5, size=(n,)).astype("float32")
-            sd[f"{prefix}.num_batches_tracked"] = np.array(1, dtype=np.int64)
-    return sd
-
-
 def test_convert_transposes_torch_layouts():
     model = efficientnet_lite0(input_shape=(32, 32, 3), include_top=True, classes=1000)
-    sd = _synthetic_state_dict(model, np.random.default_rng(0))
+    sd = lite_state_dict(model, np.random.default_rng(0))
     assert len(sd) == 296  # same key count as the real file
 
     convert_lite0_weights(sd, model)
@@ -159,7 +135,7 @@ def test_convert_transposes_torch_layouts():
 
 def test_convert_without_top_ignores_fc_and_fails_loudly_on_bad_keys():
     top_model = efficientnet_lite0(input_shape=(32, 32, 3), include_top=True)
-    sd = _synthetic_state_dict(top_model, np.random.default_rng(1))
+    sd = lite_state_dict(top_model, np.random.default_rng(1))
     model = efficientnet_lite0(input_shape=(32, 32, 3))
     convert_lite0_weights(sd, model)
     np.testing.assert_array_equal(model.get_layer("top_bn").beta.numpy(), sd["_bn1.bias"])
@@ -178,7 +154,7 @@ def test_convert_without_top_ignores_fc_and_fails_loudly_on_bad_keys():
 
 
 def test_weights_of_another_variant_are_refused():
-    lite2_sd = _synthetic_state_dict(efficientnet_lite("lite2", input_shape=(32, 32, 3), include_top=True),
+    lite2_sd = lite_state_dict(efficientnet_lite("lite2", input_shape=(32, 32, 3), include_top=True),
                                      np.random.default_rng(2))
     with pytest.raises(TlkerasError, match="Shape mismatch|no place in the model"):
         convert_lite_weights(lite2_sd, efficientnet_lite0(input_shape=(32, 32, 3)))

@@ -19,6 +19,7 @@ from tlkeras.backbones import efficientnet_lite
 from tlkeras.errors import TlkerasError
 from tlkeras.suggest import did_you_mean
 from tlkeras.weights.converters import ARRAYS_FILE
+from tlkeras.weights.converters.keras_archive import canonical_layer_names
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ def assign_by_layer_name(arrays: dict, model: keras.Model) -> keras.Model:
     """assign_by_layer_name: keras.Model. Assigns arrays keyed `<layer name>/<index>` to the model's layers.
 
     The index is the variable's position in `layer.weights`, the order Keras saves a layer's variables in.
-    Every weight of the model must get an array of its shape and every array must be used.
+    Layers Keras named itself are matched as `canonical_layer_names` gives them (`conv2d@0`), since their
+    names depend on what else the process built. Every weight of the model must get an array of its shape
+    and every array must be used.
 
     Args:
         arrays: dict. "<layer name>/<index>" -> numpy array.
@@ -59,12 +62,13 @@ def assign_by_layer_name(arrays: dict, model: keras.Model) -> keras.Model:
     ```
     """
     used = set()
-    for layer in model.layers:
+    names = canonical_layer_names((layer.name, type(layer).__name__) for layer in model.layers)
+    for layer, name in zip(model.layers, names, strict=True):
         if isinstance(layer, keras.Model):
             raise TlkerasError(f"assign_by_layer_name reads flat models; '{layer.name}' is a nested model. "
                                f"Received: model={model.name}")
         for index, variable in enumerate(layer.weights):
-            key = f"{layer.name}/{index}"
+            key = f"{name}/{index}"
             if key not in arrays:
                 raise TlkerasError(f"The converted weights have no '{key}' for {variable.path}; they are not "
                                    f"for this architecture. Received: {len(arrays)} arrays")

@@ -8,7 +8,8 @@ A converter is chosen by the entry's `weights_format` and is a function
   keras-hub's `from_preset(folder)` loads;
 - "keras_arrays": `arrays.safetensors`, named numpy arrays that the architecture the entry names assigns
   onto its bare network (`tlkeras.backbones.architectures`): a torch state dict keeps its own names, Keras
-  weights are keyed `<layer name>/<index of the variable in the layer>`.
+  weights are keyed `<layer name>/<index of the variable in the layer>` (layers Keras named itself as
+  `<class>@<k>`, see `keras_archive.canonical_layer_names`).
 
 Converter modules import only numpy-level libraries at the top, so `tlkeras fetch` stays light. They are
 imported when they run.

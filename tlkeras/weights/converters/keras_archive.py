@@ -7,6 +7,10 @@ layers (`layers/functional/layers/conv2d_3/vars/0`), not under the layer names. 
 the same order recovers the names, so the nested model's variables come out keyed
 `<layer name>/<variable index>`: what `keras.Model` layers of the same names accept, in the order of
 `layer.weights`.
+
+Layers their author left unnamed (Xception's residual convolutions) are named by Keras from a counter
+global to the process, so `conv2d_13` in one session is `conv2d` in another. Such names are replaced on
+both sides by `canonical_layer_names`: `<class>@<k>` for the k-th self-named layer of that class.
 """
 
 from __future__ import annotations
@@ -29,6 +33,33 @@ def _snake_case(class_name: str) -> str:
     name = re.sub(r"\W+", "", class_name)
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def canonical_layer_names(layers) -> list[str]:
+    """canonical_layer_names: list. Layer names that do not depend on Keras' global name counters.
+
+    A name Keras made up (the snake-cased class, maybe numbered: `conv2d`, `conv2d_13`) becomes
+    `<snake-cased class>@<k>`, k counting such layers of that class in order; a name the model's author
+    chose stays as it is.
+
+    Args:
+        layers: iterable of (layer name, class name), in the model's layer order.
+
+    Example:
+    ```python
+    canonical_layer_names([("conv2d_7", "Conv2D"), ("block1_conv1", "Conv2D"), ("conv2d_8", "Conv2D")])
+    # ['conv2d@0', 'block1_conv1', 'conv2d@1']
+    ```
+    """
+    counts: dict[str, int] = {}
+    names = []
+    for name, class_name in layers:
+        base = _snake_case(class_name)
+        if re.fullmatch(rf"{re.escape(base)}(_\d+)?", name):
+            counts[base] = counts.get(base, -1) + 1
+            name = f"{base}@{counts[base]}"
+        names.append(name)
+    return names
 
 
 def _saved_names(model_config: dict) -> list[tuple[str, dict]]:
@@ -55,7 +86,8 @@ def read_nested_model(path: Path) -> tuple[str, dict]:
         path: Path. The `.keras` file.
 
     Returns:
-        `(name of the nested model, {"<layer name>/<index>": numpy array})`, in layer order.
+        `(name of the nested model, {"<layer name>/<index>": numpy array})`, in layer order; layer names
+        as `canonical_layer_names` gives them.
 
     Raises:
         TlkerasError: not a Keras 3 archive, no single nested model, or the weights file does not match
@@ -101,14 +133,14 @@ def read_nested_model(path: Path) -> tuple[str, dict]:
             raise TlkerasError(f"{path.name}: the weights file has no '{root}' for the nested model "
                                f"'{nested_config['config']['name']}'. Received: path={path}")
         saved = _saved_names(nested_config)
+        names = canonical_layer_names((layer["config"]["name"], layer["class_name"]) for _, layer in saved)
         expected = {key for key, _ in saved}
         extra = sorted(key for key, group in h5[root].items()
                        if key not in expected and "vars" in group and len(group["vars"]))
         if extra:
             raise TlkerasError(f"{path.name}: weights {extra[:3]} belong to no layer of the nested model's "
                                f"config; the file is inconsistent. Received: path={path}")
-        for key, layer in saved:
-            name = layer["config"]["name"]
+        for (key, layer), name in zip(saved, names, strict=True):
             if f"{root}/{key}" not in h5:
                 raise TlkerasError(f"{path.name}: layer '{name}' has no weights entry '{root}/{key}'. "
                                    f"Received: path={path}")
