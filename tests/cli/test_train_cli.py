@@ -79,7 +79,7 @@ def test_suggest_learning_rate_finds_the_steepest_descent():
     ("schedule.strategy=fine_tunning", "must be one of"),
     ("schedul.epochs=3", "did you mean 'schedule'"),
     ("schedule.epochs=three", "'schedule.epochs' must be int"),
-    ("backbone=efficientnet_lite", "did you mean 'efficientnet_lite0_imagenet'"),
+    ("backbone=efficientnet_lite0", "did you mean 'efficientnet_lite0_imagenet'"),
 ])
 def test_bad_recipes_fail_in_one_line_with_exit_code_2(tmp_path, recipe_file, override, message):
     result = tlkeras("train", str(recipe_file), "--set", override, cwd=tmp_path)

