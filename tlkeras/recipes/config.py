@@ -152,10 +152,21 @@ class ExportConfig:
 
 
 @dataclass
+class RecommendConfig:
+    """`backbone: auto`: how the backbone is chosen on the training data (`tlkeras recommend`)."""
+
+    candidates: str | None = None  # fnmatch pattern on backbone names
+    max_params: float | None = bounded(None, 0.0, open_low=True)
+    max_latency_ms: float | None = bounded(None, 0.0, open_low=True)
+    sample: int = bounded(500, 10)  # examples (stratified) the candidates are compared on
+
+
+@dataclass
 class Recipe:
     """A whole training recipe. `backbone` and `data.train` are required."""
 
-    backbone: str | tuple[str, ...] = ""  # a registry name, or a list: the backbones' features concatenated
+    # a registry name; a list: the backbones' features concatenated; "auto": the best on the data (recommend:)
+    backbone: str | tuple[str, ...] = ""
     task: str = "classification"  # a name in tlkeras.tasks
     backbone_weights: Literal["pretrained", "random"] = "pretrained"
     data: DataConfig = field(default_factory=DataConfig)
@@ -167,6 +178,7 @@ class Recipe:
     seed: int = bounded(0, 0, 2**31 - 1)
     output_dir: str = "runs/run"
     export: ExportConfig | None = None
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)  # used when backbone is "auto"
     name: str = ""
 
     def to_dict(self) -> dict[str, Any]:

@@ -119,6 +119,7 @@ class Trainer:
         self.augment = self.kind.augmenter(augment, recipe.seed, self.mixes_labels)
         self.class_weight_mode = _class_weight_mode(recipe.data.class_weight, self.task.name, splits.train)
         self.selection: dict = {}  # what model selection tried and kept, for metrics.json and the report
+        self.recommendation: list | None = None  # backbone: auto's ranking
         with strategy.scope():
             head_cfg = recipe.head
             self.head = build_head(backbone.feature_dim, recipe.task, self.n_outputs, head_cfg.hidden_units,
@@ -144,6 +145,9 @@ class Trainer:
         from tlkeras.recipes.distribute import make_strategy
 
         keras.utils.set_random_seed(recipe.seed)
+        ranking = None
+        if recipe.backbone == "auto":
+            recipe, ranking = choose_backbone(recipe)
         entry = backbones.entry_for(recipe.backbone)
         backbones.check_supported(entry)
         splits = load_splits(recipe, inputs.for_entry(entry))
@@ -152,6 +156,7 @@ class Trainer:
             backbone = backbones.build(recipe.backbone, weights=recipe.backbone_weights == "pretrained",
                                        data=recipe.data)
         trainer = cls(recipe, splits, backbone, strategy, run, verbose)
+        trainer.recommendation = ranking
         if any(stage.unfreeze for stage in trainer.stages()):
             backbones.check_supported(entry, "fine_tuning")
         return trainer
@@ -433,6 +438,29 @@ class Trainer:
                                             "selection": self.selection or None})
 
 
+def choose_backbone(recipe: Recipe):
+    """(recipe, ranking rows): `backbone: auto` replaced by the top-ranked backbone on the training data."""
+    import dataclasses
+
+    from tlkeras.recommend import recommend
+
+    options, cfg = recipe.recommend, recipe.data
+    table = recommend(cfg.train, task=recipe.task, candidates=options.candidates, max_params=options.max_params,
+                      max_latency_ms=options.max_latency_ms, sample=options.sample, folds=recipe.schedule.folds,
+                      seed=recipe.seed, path_column=cfg.path_column, text_column=cfg.text_column,
+                      label_column=cfg.label_column, include_unavailable=True, progress=recipe.callbacks.progress)
+    ranked = table[table["rank"].notna()]
+    if ranked.empty:
+        reasons = "; ".join(f"{r.name}: {r.status}" for r in table.itertuples())
+        raise TlkerasError(f"backbone: auto found no backbone that runs here on this data ({reasons}); fetch an offline "
+                           "backbone (`tlkeras registry list --offline`) or name one")
+    best = ranked.iloc[0]
+    log.info("backbone: auto chose %s (cross-validated probe accuracy %.4f, %.1f ms at batch 1) among %d candidates",
+             best["name"], best["probe_accuracy"], best["latency_ms"], len(ranked))
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    return dataclasses.replace(recipe, backbone=str(best["name"])), rows
+
+
 def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
     """Trains and evaluates a recipe into a new run folder (or continues the latest one with `resume`).
 
@@ -452,8 +480,13 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
                  recipe.schedule.strategy)
         for note in trainer.splits.notes:
             log.warning("%s", note)
-        run.write_start(recipe.to_dict(), trainer.spec, trainer.labels, data_lib.fingerprint(trainer.splits.train),
-                        trainer.splits.skipped)
+        run.write_start(trainer.recipe.to_dict(), trainer.spec, trainer.labels,
+                        data_lib.fingerprint(trainer.splits.train), trainer.splits.skipped)
+        if trainer.recommendation is not None:
+            from tlkeras import files
+
+            files.write_json(run.path / "recommendation.json", trainer.recommendation)
+            log.info("backbone: auto ranking in %s", run.path / "recommendation.json")
         history = trainer.fit()
         with files.atomic_path(run.model_file) as tmp:
             trainer.inference_model.save(tmp)
