@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from tlkeras.errors import TlkerasError
-from tlkeras.serve.limits import ServerLimits
+from tlkeras.serve.limits import ServerLimits, limit_malloc_arenas
 
 _LOG_HANDLER_NAME = "tlkeras-serve-stderr"
 
@@ -69,6 +69,7 @@ def serve(models, port, host, grpc_port, poll_seconds, version_policy, model_con
           max_connections, drain_seconds):
     """Serve the SavedModels in MODELS (<name>/<version>/saved_model.pb) with TF Serving's REST API."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ chatter out of the request log
+    limit_malloc_arenas()  # before TensorFlow's threads start, so memory stays flat under load
     configure_logging()
     from tlkeras.serve.server import batching_options, run_server
 

@@ -60,7 +60,7 @@ _MODEL_URL = re.compile(
 _ALLOWED_METHODS = {None: ("GET", "HEAD"), "/metadata": ("GET", "HEAD"), ":predict": ("POST",),
                     ":classify": ("POST",), ":regress": ("POST",)}
 _VERSION = re.compile(r"[0-9]{1,18}")
-_LINGER_SECONDS, _LINGER_BYTES = 2.0, 1 << 20
+_LINGER_SECONDS, _LINGER_BYTES = 2.0, 4 << 20  # how much of an unwanted body is drained
 
 
 @dataclass(frozen=True)
