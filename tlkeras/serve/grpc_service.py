@@ -16,6 +16,7 @@ import numpy as np
 
 from tlkeras.serve.batching import predict_alone
 from tlkeras.serve.errors import GRPC_CODE_NAMES, ServingError
+from tlkeras.serve.http_wire import printable
 from tlkeras.serve.limits import AdmissionGate, ServerLimits
 from tlkeras.serve.repository import ModelRepository
 
@@ -35,7 +36,7 @@ def _logged(method):
             raise
         finally:
             milliseconds = (time.perf_counter() - start) * 1000
-            logger.info('grpc "%s %s" %s %.1fms', method.__name__, request.model_spec.name[:200], code,
+            logger.info('grpc "%s %s" %s %.1fms', method.__name__, printable(request.model_spec.name), code,
                         milliseconds)
 
     return wrapper

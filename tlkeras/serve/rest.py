@@ -159,6 +159,10 @@ class RestApi:
 _KEEP, _CLOSE, _LINGER = "keep", "close", "linger"
 
 
+class _ClientGone(Exception):
+    """The connection broke while the request was being read: there is no one to answer."""
+
+
 class _RestHandler(socketserver.StreamRequestHandler):
     """One connection: requests read under the server's limits, answered until either side closes."""
 
@@ -228,8 +232,8 @@ class _RestHandler(socketserver.StreamRequestHandler):
             status, reply, body_read = REQUEST_TIMEOUT, {"error": self._timeout_message()}, False
         except ServingError as err:  # WireError included: a malformed body leaves body_read False
             status, reply, headers = err.status, {"error": str(err)}, err.headers
-        except OSError:
-            return _CLOSE  # the client went away mid-request
+        except _ClientGone:
+            return _CLOSE
         except Exception as err:  # a bug or model fault: reply, log the traceback, keep serving
             logger.exception("error while answering %s %s", request.method, printable(request.target))
             status, reply = INTERNAL, {"error": f"internal server error: {printable(str(err), 300)}"}
@@ -249,9 +253,14 @@ class _RestHandler(socketserver.StreamRequestHandler):
         length = declared_length(request)
         if length is not None and length > max_bytes:
             raise too_large(length, max_bytes)  # before "100 Continue", so the client never sends it
-        if "100-continue" in request.tokens("expect") and request.version == "HTTP/1.1":
-            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return read_body(self.rfile, request, max_bytes)
+        try:
+            if "100-continue" in request.tokens("expect") and request.version == "HTTP/1.1":
+                self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return read_body(self.rfile, request, max_bytes)
+        except TimeoutError:
+            raise
+        except OSError as err:  # reset, broken pipe: not a fault of the server, nothing to reply to
+            raise _ClientGone() from err
 
     def _send(self, status: int, reply: dict, headers: dict, close: bool, head_only: bool = False) -> bool:
         try:
