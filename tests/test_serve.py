@@ -228,14 +228,14 @@ def test_new_versions_and_models_are_picked_up_without_restart(server, tf):
         reply = http(f"{url}/v1/models/img")[1]
         return [s["state"] for s in reply["model_version_status"]] == ["AVAILABLE", "END"] and reply
 
-    status = wait_for(version_2_live, 30, "version 2 to replace version 1")
+    status = wait_for(version_2_live, 60, "version 2 to replace version 1")
     assert [s["version"] for s in status["model_version_status"]] == ["2", "1"]
     red = {"instances": [b64(encoded((250, 0, 0), "PNG"))]}
     assert http(f"{url}/v1/models/img:predict", red)[1]["predictions"][0]["label"] == "rouge"
     assert http(f"{url}/v1/models/img/versions/2:predict", red)[1]["predictions"][0]["label"] == "rouge"
     assert http(f"{url}/v1/models/img/versions/1:predict", red)[0] == 404  # the "latest" policy, as in TF Serving
 
-    wait_for(lambda: http(f"{url}/v1/models/txt_copy")[0] == 200, 30, "the new model")
+    wait_for(lambda: http(f"{url}/v1/models/txt_copy")[0] == 200, 60, "the new model")
     assert http(f"{url}/v1/models/txt_copy:predict", {"instances": ["ab"]})[1]["predictions"][0]["length"] == 2
 
     # A broken version 3 fails to load; version 2 keeps serving and the status says why.
@@ -246,7 +246,7 @@ def test_new_versions_and_models_are_picked_up_without_restart(server, tf):
         states = http(f"{url}/v1/models/img")[1]["model_version_status"]
         return states[0]["version"] == "3" and states[0]["state"] == "END" and states[0]
 
-    failed = wait_for(version_3_failed, 30, "version 3 to fail")
+    failed = wait_for(version_3_failed, 60, "version 3 to fail")
     assert failed["status"]["error_code"] != "OK" and failed["status"]["error_message"]
     assert http(f"{url}/v1/models/img:predict", red)[1]["predictions"][0]["label"] == "rouge"
     assert server["process"].poll() is None
