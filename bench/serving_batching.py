@@ -37,7 +37,7 @@ CONCURRENCY = 8
 def settings(quick: bool) -> dict:
     # The verdict is on the first size; the full run adds a small one, where per-call overhead dominates.
     if quick:
-        return dict(rounds=2, requests_per_round=48, image_sizes=[96], ceiling_repeats=3)
+        return dict(rounds=2, requests_per_round=32, image_sizes=[96], ceiling_repeats=3)
     return dict(rounds=5, requests_per_round=400, image_sizes=[224, 96], ceiling_repeats=7)
 
 
@@ -89,7 +89,7 @@ def _measure(workdir, cfg: dict, image_size: int) -> dict:
     """The figures of one image size: both servers, interleaved rounds, and the in-process ceiling."""
     from tlkeras.export.deploy import write_deploy_config
 
-    version_dir = export_fashion_model(workdir, {"image_size": image_size}, folder=f"{NAME}_{image_size}")
+    version_dir = export_fashion_model(workdir, {"image_size": image_size})  # shared with serving_latency
     models = version_dir.parent.parent
     _, batching_file = write_deploy_config(models)
     png = next(iter(sorted((fashion_mnist_folder(workdir, 2, 10)["test"]).rglob("*.png")))).read_bytes()

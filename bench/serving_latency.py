@@ -93,19 +93,28 @@ def run(quick: bool, workdir) -> dict:
                         f"{conc_local['requests_per_second']:.1f} req/s")}
 
 
-def export_fashion_model(workdir, cfg, folder: str = "serving"):
-    """A Lite0 feature-extraction recipe trained for one epoch on 20 Fashion-MNIST images at
-    `cfg["image_size"]`, exported to `workdir/models-<folder>/fashion/1`; returns that version folder."""
+# (workdir, image size) -> version folder: the serving benchmarks of one run share one export per size.
+_EXPORTED: dict = {}
+
+
+def export_fashion_model(workdir, cfg):
+    """The version folder of a Lite0 feature-extraction recipe trained for one epoch on 20 Fashion-MNIST
+    images at `cfg["image_size"]` and exported to `workdir/models-<size>px/fashion/1`; trained and exported
+    once per run and size."""
+    key = (str(workdir), cfg["image_size"])
+    if key in _EXPORTED and _EXPORTED[key].is_dir():
+        return _EXPORTED[key]
     from tlkeras.export import export_run
     from tlkeras.recipes.config import parse_recipe
     from tlkeras.recipes.trainer import train
 
+    folder = f"{cfg['image_size']}px"
     data = fashion_mnist_folder(workdir, 2, 10)
     recipe = parse_recipe({
         "backbone": BACKBONE,
         "data": {"train": str(data["train"]), "image_size": [cfg["image_size"]] * 2, "batch_size": 8},
         "schedule": {"strategy": "feature_extraction", "epochs": 1},
-        "output_dir": str(workdir / "runs" / folder),
+        "output_dir": str(workdir / "runs" / f"serving-{folder}"),
     })
     result = train(recipe, verbose=0)
     models = workdir / f"models-{folder}"
@@ -113,7 +122,8 @@ def export_fashion_model(workdir, cfg, folder: str = "serving"):
         import shutil
 
         shutil.rmtree(models)
-    return export_run(result.run_dir, models, "fashion")
+    _EXPORTED[key] = export_run(result.run_dir, models, "fashion")
+    return _EXPORTED[key]
 
 
 def free_port() -> int:
