@@ -31,6 +31,7 @@ BENCHMARKS = {
     "fit_overhead": "bench.fit_overhead",
     "roofline": "bench.roofline",
     "serving_latency": "bench.serving_latency",
+    "serving_batching": "bench.serving_batching",
     "data_efficiency": "bench.data_efficiency",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

@@ -37,7 +37,7 @@ def run(quick: bool, workdir) -> dict:
     import tensorflow as tf
 
     cfg = settings(quick)
-    version_dir = _export(workdir, cfg)
+    version_dir = export_fashion_model(workdir, cfg)
     png = next(iter(sorted((fashion_mnist_folder(workdir, 2, 10)["test"]).rglob("*.png")))).read_bytes()
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     input_name = list(signature.structured_input_signature[1])[0]
@@ -46,7 +46,7 @@ def run(quick: bool, workdir) -> dict:
         outputs = signature(**{input_name: tf.constant([png])})
         return {k: v.numpy() for k, v in outputs.items()}
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(VENV_BIN / "tlkeras"), "serve", str(version_dir.parent.parent), "--host",
                                "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -66,8 +66,8 @@ def run(quick: bool, workdir) -> dict:
             over_http()
         local, remote = [], []
         for _ in range(cfg["requests"]):
-            local.append(_timed(in_process))
-            remote.append(_timed(over_http))
+            local.append(timed(in_process))
+            remote.append(timed(over_http))
         conc_local = _concurrent(in_process, cfg["concurrent_requests"])
         conc_remote = _concurrent(over_http, cfg["concurrent_requests"])
     finally:
@@ -79,7 +79,7 @@ def run(quick: bool, workdir) -> dict:
     ratio = median(remote) / median(local)
     figures = {
         "ratio_p50_serve_over_in_process": round(ratio, 3),
-        "concurrency_1": {"in_process": _stats(local), "serve": _stats(remote)},
+        "concurrency_1": {"in_process": latency_stats(local), "serve": latency_stats(remote)},
         "concurrency_8": {"in_process": conc_local, "serve": conc_remote},
         "requests": cfg["requests"], "image_size": cfg["image_size"], "png_bytes": len(png),
     }
@@ -93,46 +93,58 @@ def run(quick: bool, workdir) -> dict:
                         f"{conc_local['requests_per_second']:.1f} req/s")}
 
 
-def _export(workdir, cfg):
+# (workdir, image size) -> version folder: the serving benchmarks of one run share one export per size.
+_EXPORTED: dict = {}
+
+
+def export_fashion_model(workdir, cfg):
+    """The version folder of a Lite0 feature-extraction recipe trained for one epoch on 20 Fashion-MNIST
+    images at `cfg["image_size"]` and exported to `workdir/models-<size>px/fashion/1`; trained and exported
+    once per run and size."""
+    key = (str(workdir), cfg["image_size"])
+    if key in _EXPORTED and _EXPORTED[key].is_dir():
+        return _EXPORTED[key]
     from tlkeras.export import export_run
     from tlkeras.recipes.config import parse_recipe
     from tlkeras.recipes.trainer import train
 
+    folder = f"{cfg['image_size']}px"
     data = fashion_mnist_folder(workdir, 2, 10)
     recipe = parse_recipe({
         "backbone": BACKBONE,
         "data": {"train": str(data["train"]), "image_size": [cfg["image_size"]] * 2, "batch_size": 8},
         "schedule": {"strategy": "feature_extraction", "epochs": 1},
-        "output_dir": str(workdir / "runs" / "serving"),
+        "output_dir": str(workdir / "runs" / f"serving-{folder}"),
     })
     result = train(recipe, verbose=0)
-    models = workdir / "models"
+    models = workdir / f"models-{folder}"
     if models.exists():
         import shutil
 
         shutil.rmtree(models)
-    return export_run(result.run_dir, models, "fashion")
+    _EXPORTED[key] = export_run(result.run_dir, models, "fashion")
+    return _EXPORTED[key]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def _stats(seconds) -> dict:
+def latency_stats(seconds) -> dict:
     return {"p50_ms": round(percentile(seconds, 50) * 1e3, 2), "p99_ms": round(percentile(seconds, 99) * 1e3, 2)}
 
 
 def _concurrent(fn, n: int, workers: int = 8) -> dict:
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        latencies = list(pool.map(lambda _: _timed(fn), range(n)))
+        latencies = list(pool.map(lambda _: timed(fn), range(n)))
     wall = time.perf_counter() - start
-    return {**_stats(latencies), "requests_per_second": round(n / wall, 2)}
+    return {**latency_stats(latencies), "requests_per_second": round(n / wall, 2)}

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("registry_cold_start", "feature_cache_vs_keras_baseline", "fit_overhead", "roofline",
-              "serving_latency", "data_efficiency")
+              "serving_latency", "serving_batching", "data_efficiency")
 
 
 def _numbers(value):
@@ -33,7 +33,7 @@ def test_quick_bench_reports_every_benchmark(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(out), "--workdir",
-                    str(tmp_path / "work")], cwd=REPO, env=env, check=True, timeout=600)
+                    str(tmp_path / "work")], cwd=REPO, env=env, check=True, timeout=900)
     results = json.loads((out / "results.quick.json").read_text())
     assert results["quick"] is True
     assert results["machine"]["nproc"] >= 1 and results["machine"]["tensorflow"]

@@ -1,35 +1,40 @@
 """`tlkeras serve` as a real process, spoken to over HTTP (and gRPC) the way TF Serving clients do.
 
-Tiny SavedModels mimic the exporter: `serving_default` takes encoded images as `image_bytes`, a second
-signature takes uint8 pixels, and a text model takes `text`. Every answer is checked against calling the
-same signature in-process.
+Tiny SavedModels (tests/serve_helpers.py) mimic the exporter. Every answer is checked against calling
+the same signature in-process.
 """
 
-import base64
-import io
 import json
-import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
+from serve_helpers import (
+    TLKERAS,
+    ServerProcess,
+    b64,
+    encoded,
+    http,
+    image_module,
+    raw_request,
+    read_reply,
+    request_bytes,
+    save_atomically,
+    text_module,
+    wait_for,
+)
 
 from tlkeras.errors import TlkerasError
 from tlkeras.serve.client import predict
 from tlkeras.serve.errors import ServingError
 from tlkeras.serve.repository import ModelRepository, VersionStatus
-
-TLKERAS = str(Path(sys.executable).with_name("tlkeras"))
-SERVER_START_SECONDS = 90
 
 
 @pytest.fixture(scope="module")
@@ -39,114 +44,20 @@ def tf():
     return tf
 
 
-def _image_module(tf, labels):
-    class ImageModel(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.weights = tf.Variable(4.0 * tf.eye(3))
-            self.labels = tf.constant(labels)
-
-        def _head(self, pixels):
-            mean = tf.reduce_mean(tf.image.resize(pixels, [8, 8]), axis=[1, 2]) / 255.0
-            probabilities = tf.nn.softmax(tf.matmul(mean, self.weights))
-            class_id = tf.argmax(probabilities, axis=1)
-            return {"probabilities": probabilities, "class_id": class_id, "label": tf.gather(self.labels, class_id)}
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def serve_bytes(self, image_bytes):
-            def decode(data):
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-                return tf.image.resize(tf.cast(image, tf.float32), [8, 8])
-
-            pixels = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([8, 8, 3], tf.float32))
-            return self._head(pixels)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-        def serve_images(self, images):
-            return self._head(tf.cast(images, tf.float32))
-
-    module = ImageModel()
-    return module, {"serving_default": module.serve_bytes, "serving_images": module.serve_images}
-
-
-def _text_module(tf):
-    class TextModel(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-        def serve(self, text):
-            return {"length": tf.strings.length(text, unit="UTF8_CHAR"), "upper": tf.strings.upper(text),
-                    "text_bytes": text}
-
-    module = TextModel()
-    return module, {"serving_default": module.serve}
-
-
-def _save_atomically(tf, module_and_signatures, version_dir: Path):
-    """Writes into a `.tmp-*` sibling and renames, the way the exporter does."""
-    module, signatures = module_and_signatures
-    temporary = version_dir.parent / f".tmp-{version_dir.name}"
-    tf.saved_model.save(module, str(temporary), signatures=signatures)
-    os.rename(temporary, version_dir)
-
-
-def _encoded(color, fmt, size=(11, 7)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def _b64(data: bytes) -> dict:
-    return {"b64": base64.b64encode(data).decode("ascii")}
-
-
-def _http(url, body=None, raw=None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def _wait_for(condition, seconds, what):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def server(tf, tmp_path_factory):
     base = tmp_path_factory.mktemp("models")
     (base / "img").mkdir()
     (base / "txt").mkdir()
-    _save_atomically(tf, _image_module(tf, ["red", "green", "blue"]), base / "img" / "1")
-    _save_atomically(tf, _text_module(tf), base / "txt" / "1")
+    save_atomically(tf, image_module(tf, ["red", "green", "blue"]), base / "img" / "1")
+    save_atomically(tf, text_module(tf), base / "txt" / "1")
     (base / "img" / ".tmp-7").mkdir()  # an unfinished export: must be ignored
-    log_path = base.parent / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [TLKERAS, "serve", str(base), "--port", "0", "--grpc-port", "0", "--poll-seconds", "0.3"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-
-    def listening():
-        if process.poll() is not None:
-            raise AssertionError(f"server exited:\n{log_path.read_text()}")
-        text = log_path.read_text()
-        rest, grpc_port = re.search(r"REST API listening on (http://\S+:\d+)", text), re.search(
-            r"gRPC API listening on \S+:(\d+)", text)
-        return rest and grpc_port and (rest[1], int(grpc_port[1]))
-
+    process = ServerProcess(base, "--grpc-port", "0", "--poll-seconds", "0.3")
     try:
-        url, grpc_port = _wait_for(listening, SERVER_START_SECONDS, "the server to listen")
-        yield {"url": url, "grpc_port": grpc_port, "base": base, "log": log_path, "process": process}
+        yield {"url": process.url, "grpc_port": process.grpc_port, "base": base, "log": process.log,
+               "process": process.process}
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -155,15 +66,15 @@ def local_img(tf, server):
 
 
 def test_status_reports_the_loaded_version(server):
-    status, reply = _http(f"{server['url']}/v1/models/img")
+    status, reply = http(f"{server['url']}/v1/models/img")
     assert status == 200
     assert reply == {"model_version_status": [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
-    assert _http(f"{server['url']}/v1/models/img/versions/1")[1] == reply
+    assert http(f"{server['url']}/v1/models/img/versions/1")[1] == reply
 
 
 def test_metadata_describes_every_signature(server):
-    status, reply = _http(f"{server['url']}/v1/models/img/metadata")
+    status, reply = http(f"{server['url']}/v1/models/img/metadata")
     assert status == 200
     assert reply["model_spec"] == {"name": "img", "signature_name": "", "version": "1"}
     signatures = reply["metadata"]["signature_def"]["signature_def"]
@@ -176,8 +87,8 @@ def test_metadata_describes_every_signature(server):
 
 
 def test_row_format_matches_the_signature_in_process(server, local_img, tf):
-    images = [_encoded((220, 20, 30), "PNG"), _encoded((10, 30, 240), "JPEG")]
-    status, reply = _http(f"{server['url']}/v1/models/img:predict", {"instances": [_b64(i) for i in images]})
+    images = [encoded((220, 20, 30), "PNG"), encoded((10, 30, 240), "JPEG")]
+    status, reply = http(f"{server['url']}/v1/models/img:predict", {"instances": [b64(i) for i in images]})
     assert status == 200
     expected = local_img["serving_default"](image_bytes=tf.constant(images))
     predictions = reply["predictions"]
@@ -185,31 +96,31 @@ def test_row_format_matches_the_signature_in_process(server, local_img, tf):
     assert [p["class_id"] for p in predictions] == expected["class_id"].numpy().tolist()
     np.testing.assert_allclose([p["probabilities"] for p in predictions], expected["probabilities"], rtol=1e-6)
 
-    named = {"instances": [{"image_bytes": _b64(images[0])}], "signature_name": "serving_default"}
-    assert _http(f"{server['url']}/v1/models/img/versions/1:predict", named)[1]["predictions"] == predictions[:1]
+    named = {"instances": [{"image_bytes": b64(images[0])}], "signature_name": "serving_default"}
+    assert http(f"{server['url']}/v1/models/img/versions/1:predict", named)[1]["predictions"] == predictions[:1]
 
 
 def test_columnar_format_on_the_pixel_signature(server, local_img, tf):
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 5, 4, 3), dtype=np.uint8)
     body = {"signature_name": "serving_images", "inputs": {"images": pixels.tolist()}}
-    status, reply = _http(f"{server['url']}/v1/models/img:predict", body)
+    status, reply = http(f"{server['url']}/v1/models/img:predict", body)
     assert status == 200
     expected = local_img["serving_images"](images=tf.constant(pixels))
     outputs = reply["outputs"]
     assert outputs["class_id"] == expected["class_id"].numpy().tolist()
     np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], rtol=1e-6)
     # A single input may also be given bare.
-    bare = _http(f"{server['url']}/v1/models/img:predict", {"signature_name": "serving_images",
+    bare = http(f"{server['url']}/v1/models/img:predict", {"signature_name": "serving_images",
                                                              "inputs": pixels.tolist()})
     assert bare == (200, reply)
 
 
 def test_text_model_takes_strings_and_returns_bytes_outputs_as_b64(server):
-    status, reply = _http(f"{server['url']}/v1/models/txt:predict", {"instances": ["héllo", "ab"]})
+    status, reply = http(f"{server['url']}/v1/models/txt:predict", {"instances": ["héllo", "ab"]})
     assert status == 200
     assert [p["length"] for p in reply["predictions"]] == [5, 2]
     assert [p["upper"] for p in reply["predictions"]] == ["HéLLO", "AB"]  # tf.strings.upper is ASCII-only
-    assert reply["predictions"][0]["text_bytes"] == _b64("héllo".encode())
+    assert reply["predictions"][0]["text_bytes"] == b64("héllo".encode())
 
 
 @pytest.mark.parametrize(
@@ -223,36 +134,46 @@ def test_text_model_takes_strings_and_returns_bytes_outputs_as_b64(server):
         ("img:predict", {"instances": [{"pixels": "x"}]}, 400, "unknown input(s) ['pixels']"),
         ("img:predict", {"instances": [{"b64": "%%%not base64"}]}, 400, "not valid base64"),
         ("img:predict", {"instances": [["nested"]]}, 400, "expects shape [None]"),
-        ("img:predict", {"instances": [_b64(b"not an image")]}, 400, "Unknown image file format"),
+        ("img:predict", {"instances": [b64(b"not an image")]}, 400, "Unknown image file format"),
         ("img:predict", {"signature_name": "serving_images", "inputs": [[[[300, 0, 0]]]]}, 400, "[0, 255]"),
         ("img:predict", {"signature_name": "serving_images", "inputs": [[[[1, 2, 3]], [[1, 2]]]]}, 400, "ragged"),
-        ("img:classify", {"examples": []}, 501, "use :predict"),
-        ("img/labels/stable", None, 404, "labels"),
+        ("img:classify", {"examples": []}, 400, "use :predict"),
+        ("img:regress", {"examples": []}, 400, "use :predict"),
+        ("img/labels/stable", None, 404, "--model-config-file"),
+        ("img/versions/1x", None, 400, "whole number"),
+        ("img:predict", {"instances": ["\ud800"]}, 400, "lone surrogate"),
+        ("img:predict", {"instances": [{"b64": "é"}]}, 400, "not valid base64"),
+        ("img:predict", {"instances": [{"b64": 5}]}, 400, "takes strings"),
+        ("img:predict", {"instances": [[[[1]]]] * 3, "signature_name": "serving_images"}, 400, "expects shape"),
+        ("img:predict", {"inputs": {"image_bytes": [], "extra": 1}}, 400, "unknown input(s) ['extra']"),
+        ("..%2Fimg:predict", {"instances": ["x"]}, 404, "not served here"),
+        ("img%2F..%2F..%2Ftxt:predict", {"instances": ["x"]}, 404, "not served here"),
+        ("img%00/metadata", None, 404, "not served here"),
     ],
 )
 def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, path, body, status, message):
     raw = body if isinstance(body, bytes) else None
-    got_status, reply = _http(f"{server['url']}/v1/models/{path}", None if raw else body, raw)
+    got_status, reply = http(f"{server['url']}/v1/models/{path}", None if raw else body, raw)
     assert got_status == status
     assert message in reply["error"]
-    assert _http(f"{server['url']}/v1/models/img")[0] == 200
+    assert http(f"{server['url']}/v1/models/img")[0] == 200
 
 
 def test_unknown_url_is_a_json_404(server):
-    assert _http(f"{server['url']}/v2/stuff")[0] == 404
+    assert http(f"{server['url']}/v2/stuff")[0] == 404
 
 
 def test_each_request_is_logged_on_one_line(server):
-    _http(f"{server['url']}/v1/models/txt/metadata")
+    http(f"{server['url']}/v1/models/txt/metadata")
     line = re.compile(r'"GET /v1/models/txt/metadata" 200 [\d.]+ms')
-    _wait_for(lambda: line.search(server["log"].read_text()), 5, "the request's log line")
+    wait_for(lambda: line.search(server["log"].read_text()), 5, "the request's log line")
 
 
 def test_grpc_predict_matches_rest(server, local_img, tf):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    image = _encoded((20, 200, 20), "PNG")
+    image = encoded((20, 200, 20), "PNG")
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "img"
     request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image]))
@@ -271,7 +192,7 @@ def test_grpc_predict_matches_rest(server, local_img, tf):
 
 def test_predict_client_sends_files_and_text(server, tmp_path):
     image = tmp_path / "red.png"
-    image.write_bytes(_encoded((250, 0, 0), "PNG"))
+    image.write_bytes(encoded((250, 0, 0), "PNG"))
     assert predict(server["url"], "img", [image])[0]["label"] == "red"
     assert predict(server["url"], "txt", ["abc"], input_name="text")[0]["length"] == 3
     with pytest.raises(TlkerasError, match="answered 404"):
@@ -280,7 +201,7 @@ def test_predict_client_sends_files_and_text(server, tmp_path):
 
 def test_predict_command(server, tmp_path):
     image = tmp_path / "blue.jpg"
-    image.write_bytes(_encoded((0, 0, 250), "JPEG"))
+    image.write_bytes(encoded((0, 0, 250), "JPEG"))
     result = subprocess.run([TLKERAS, "predict", "--url", server["url"], "--model", "img", str(image)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -299,35 +220,35 @@ def test_predict_command(server, tmp_path):
 
 def test_new_versions_and_models_are_picked_up_without_restart(server, tf):
     url, base = server["url"], server["base"]
-    _save_atomically(tf, _image_module(tf, ["rouge", "vert", "bleu"]), base / "img" / "2")
+    save_atomically(tf, image_module(tf, ["rouge", "vert", "bleu"]), base / "img" / "2")
     (base / "txt_copy").mkdir()
-    _save_atomically(tf, _text_module(tf), base / "txt_copy" / "5")
+    save_atomically(tf, text_module(tf), base / "txt_copy" / "5")
 
     def version_2_live():
-        reply = _http(f"{url}/v1/models/img")[1]
+        reply = http(f"{url}/v1/models/img")[1]
         return [s["state"] for s in reply["model_version_status"]] == ["AVAILABLE", "END"] and reply
 
-    status = _wait_for(version_2_live, 30, "version 2 to replace version 1")
+    status = wait_for(version_2_live, 60, "version 2 to replace version 1")
     assert [s["version"] for s in status["model_version_status"]] == ["2", "1"]
-    red = {"instances": [_b64(_encoded((250, 0, 0), "PNG"))]}
-    assert _http(f"{url}/v1/models/img:predict", red)[1]["predictions"][0]["label"] == "rouge"
-    assert _http(f"{url}/v1/models/img/versions/2:predict", red)[1]["predictions"][0]["label"] == "rouge"
-    assert _http(f"{url}/v1/models/img/versions/1:predict", red)[0] == 404  # the "latest" policy, as in TF Serving
+    red = {"instances": [b64(encoded((250, 0, 0), "PNG"))]}
+    assert http(f"{url}/v1/models/img:predict", red)[1]["predictions"][0]["label"] == "rouge"
+    assert http(f"{url}/v1/models/img/versions/2:predict", red)[1]["predictions"][0]["label"] == "rouge"
+    assert http(f"{url}/v1/models/img/versions/1:predict", red)[0] == 404  # the "latest" policy, as in TF Serving
 
-    _wait_for(lambda: _http(f"{url}/v1/models/txt_copy")[0] == 200, 30, "the new model")
-    assert _http(f"{url}/v1/models/txt_copy:predict", {"instances": ["ab"]})[1]["predictions"][0]["length"] == 2
+    wait_for(lambda: http(f"{url}/v1/models/txt_copy")[0] == 200, 60, "the new model")
+    assert http(f"{url}/v1/models/txt_copy:predict", {"instances": ["ab"]})[1]["predictions"][0]["length"] == 2
 
     # A broken version 3 fails to load; version 2 keeps serving and the status says why.
     (base / "img" / "3").mkdir()
     (base / "img" / "3" / "saved_model.pb").write_bytes(b"garbage")
 
     def version_3_failed():
-        states = _http(f"{url}/v1/models/img")[1]["model_version_status"]
+        states = http(f"{url}/v1/models/img")[1]["model_version_status"]
         return states[0]["version"] == "3" and states[0]["state"] == "END" and states[0]
 
-    failed = _wait_for(version_3_failed, 30, "version 3 to fail")
+    failed = wait_for(version_3_failed, 60, "version 3 to fail")
     assert failed["status"]["error_code"] != "OK" and failed["status"]["error_message"]
-    assert _http(f"{url}/v1/models/img:predict", red)[1]["predictions"][0]["label"] == "rouge"
+    assert http(f"{url}/v1/models/img:predict", red)[1]["predictions"][0]["label"] == "rouge"
     assert server["process"].poll() is None
 
 
@@ -378,3 +299,214 @@ def test_repository_version_policies_and_failed_loads(tmp_path):
     shutil.rmtree(tmp_path / "m")
     latest.refresh()
     assert latest.model_names() == []
+
+
+def test_unsupported_methods_get_405_and_path_tricks_404_on_the_real_server(server):
+    port = int(server["url"].rsplit(":", 1)[1])
+    for method in ("PUT", "DELETE", "PATCH"):
+        reply = raw_request(port, request_bytes(method, "/v1/models/img", b"{}"))
+        assert reply.status == 405 and reply.headers["allow"] == "GET, HEAD", method
+        reply = raw_request(port, request_bytes(method, "/v1/models/img:predict", b"{}"))
+        assert reply.status == 405 and reply.headers["allow"] == "POST", method
+    assert raw_request(port, request_bytes("DELETE", "/v1/nothing")).status == 404
+    assert raw_request(port, request_bytes("GET", "/v1/models/img/../txt")).status == 404
+    assert http(f"{server['url']}/v1/models/img")[0] == 200
+
+
+def _write_models_config(base, labels: dict):
+    """models.config as `tlkeras deploy-config` writes it, with `labels` ({model: {label: version}})."""
+    from google.protobuf import text_format
+
+    from tlkeras.export.deploy import model_server_config, model_versions
+    from tlkeras.files import write_text
+
+    config = model_server_config(model_versions(base))
+    for entry in config.model_config_list.config:
+        entry.version_labels.clear()
+        entry.version_labels.update(labels.get(entry.name, {}))
+    write_text(base / "models.config", text_format.MessageToString(config))
+
+
+@pytest.fixture(scope="module")
+def labelled_server(tf, tmp_path_factory):
+    """img versions 1 (English labels) and 2 (French), models.config with stable=1 and canary=2, and
+    batching on (8 rows, a 20 ms window, one batch thread) from the batching_parameters.txt beside them."""
+    base = tmp_path_factory.mktemp("labelled")
+    (base / "img").mkdir()
+    save_atomically(tf, image_module(tf, ["red", "green", "blue"]), base / "img" / "1")
+    save_atomically(tf, image_module(tf, ["rouge", "vert", "bleu"]), base / "img" / "2")
+    _write_models_config(base, {"img": {"stable": 1, "canary": 2}})
+    (base / "batching_parameters.txt").write_text(
+        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 20000 }\nnum_batch_threads { value: 1 }\n")
+    process = ServerProcess(base, "--grpc-port", "0", "--poll-seconds", "0.3", "--enable-batching")
+    try:
+        yield SimpleNamespace(url=process.url, grpc_port=process.grpc_port, base=base, process=process)
+    finally:
+        process.stop()
+
+
+def test_version_labels_resolve_from_models_config(labelled_server):
+    url, red = labelled_server.url, {"instances": [b64(encoded((250, 0, 0), "PNG"))]}
+    assert http(f"{url}/v1/models/img:predict", red)[1]["predictions"][0]["label"] == "rouge"  # newest
+    assert http(f"{url}/v1/models/img/labels/stable:predict", red)[1]["predictions"][0]["label"] == "red"
+    assert http(f"{url}/v1/models/img/labels/canary:predict", red)[1]["predictions"][0]["label"] == "rouge"
+    status, reply = http(f"{url}/v1/models/img/labels/stable")
+    assert status == 200 and [s["version"] for s in reply["model_version_status"]] == ["1"]
+    assert http(f"{url}/v1/models/img/labels/stable/metadata")[1]["model_spec"]["version"] == "1"
+    status, reply = http(f"{url}/v1/models/img/labels/nightly:predict", red)
+    assert status == 404
+    assert "Unrecognized servable version label" in reply["error"] and "['canary', 'stable']" in reply["error"]
+
+
+def test_grpc_version_label(labelled_server, tf):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "img"
+    request.model_spec.version_label = "stable"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([encoded((0, 0, 250), "PNG")]))
+    with grpc.insecure_channel(f"127.0.0.1:{labelled_server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        reply = stub.Predict(request, timeout=30)
+        request.model_spec.version_label = "nightly"
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(request, timeout=30)
+        request.model_spec.version.value = 2
+        request.inputs["image_bytes"].tensor_shape.dim[0].size = 10**12  # declares a huge tensor
+        with pytest.raises(grpc.RpcError) as huge:
+            stub.Predict(request, timeout=30)
+    assert reply.model_spec.version.value == 1 and tf.make_ndarray(reply.outputs["label"]).tolist() == [b"blue"]
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND and "['canary', 'stable']" in error.value.details()
+    assert huge.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "--max-body-bytes" in huge.value.details()
+
+
+def test_concurrent_predicts_are_batched_and_each_reply_is_what_it_gets_alone(labelled_server):
+    url = labelled_server.url
+    rng = np.random.default_rng(0)
+    colours = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(12)]
+    requests = [("img:predict", {"instances": [b64(encoded(colour, "PNG"))]}) for colour in colours[:8]]
+    requests.append(("img:predict", {"instances": [b64(encoded(c, "JPEG")) for c in colours[8:11]]}))
+    for shape in [(1, 5, 4, 3), (2, 5, 4, 3), (1, 6, 6, 3)]:  # pixel requests of two shapes: never mixed
+        pixels = rng.integers(0, 256, size=shape).tolist()
+        requests.append(("img:predict", {"signature_name": "serving_images", "inputs": {"images": pixels}}))
+    requests.append(("img/labels/stable:predict", {"instances": [b64(encoded(colours[11], "PNG"))]}))
+    requests.append(("img:predict", {"instances": [b64(b"not an image")]}))  # fails alone, not its batch
+
+    def send(request):
+        return http(f"{url}/v1/models/{request[0]}", request[1])
+
+    alone = [send(request) for request in requests]
+    assert [status for status, _ in alone] == [200] * (len(requests) - 1) + [400]
+    for _ in range(3):
+        with ThreadPoolExecutor(len(requests)) as pool:
+            together = list(pool.map(send, requests))
+        # Labels, class ids, errors exactly; float32 outputs to 1e-5, because TF's kernels round
+        # differently at different batch sizes (so does TF Serving's batching). Every request's image
+        # differs, so a reply given to the wrong request would fail by far more.
+        for (status, reply), (status_alone, reply_alone) in zip(together, alone, strict=True):
+            assert status == status_alone
+            _assert_same_json(reply, reply_alone)
+    batched = [int(n) for n in re.findall(r"\(batch of (\d+) requests\)", labelled_server.process.log_text())]
+    assert batched and max(batched) >= 3
+
+
+def _assert_same_json(got, expected):
+    if isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected)
+        for item, item_expected in zip(got, expected, strict=True):
+            _assert_same_json(item, item_expected)
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(expected)
+        for key in expected:
+            _assert_same_json(got[key], expected[key])
+    else:
+        assert got == expected and type(got) is type(expected)
+
+
+def test_relabelling_takes_effect_without_restart(labelled_server):
+    url, red = labelled_server.url, {"instances": [b64(encoded((250, 0, 0), "PNG"))]}
+    _write_models_config(labelled_server.base, {"img": {"stable": 2}})
+
+    def stable_is_2():
+        status, reply = http(f"{url}/v1/models/img/labels/stable:predict", red)
+        return status == 200 and reply["predictions"][0]["label"] == "rouge"
+
+    wait_for(stable_is_2, 15, "stable to move to version 2")
+    assert http(f"{url}/v1/models/img/labels/canary")[0] == 404
+    wait_for(lambda: http(f"{url}/v1/models/img/versions/1")[1]["model_version_status"][0]["state"] == "END",
+             15, "version 1, no longer labelled, to unload")
+    (labelled_server.base / "models.config").write_text("not a { config")  # a bad edit keeps the last labels
+    time.sleep(1)
+    assert stable_is_2()
+    assert labelled_server.process.process.poll() is None
+
+
+def test_sigterm_drains_requests_in_flight_then_exits_0(tf, tmp_path):
+    base = tmp_path / "models"
+    (base / "img").mkdir(parents=True)
+    save_atomically(tf, image_module(tf, ["red", "green", "blue"]), base / "img" / "1")
+    process = ServerProcess(base)
+    body = json.dumps({"instances": [b64(encoded((0, 250, 0), "PNG"))]}).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", process.port), timeout=30) as sock:
+            sock.sendall(f"POST /v1/models/img:predict HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            time.sleep(0.5)  # the head is in: the request is in flight
+            process.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: "stopped listening" in process.log_text(), 10, "the server to stop listening")
+            with pytest.raises(OSError):  # no new connections once draining
+                socket.create_connection(("127.0.0.1", process.port), timeout=5).close()
+            time.sleep(1.0)
+            assert process.process.poll() is None  # still waiting for our body
+            sock.sendall(body)
+            reply = read_reply(sock)
+        assert reply.status == 200 and reply.json()["predictions"][0]["label"] == "green"
+        assert reply.headers["connection"] == "close"
+        assert process.process.wait(timeout=30) == 0
+        assert "server stopped" in process.log_text()
+    finally:
+        process.stop()
+
+
+def test_unregistered_ops_are_found_before_loading_and_named(monkeypatch, tmp_path):
+    import sys
+
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from tlkeras.serve.repository import ModelLoadError, _load_saved_model, unregistered_ops
+
+    meta_graph = meta_graph_pb2.MetaGraphDef()
+    for name in ("Const", "NoSuchOpXyz", "StatefulPartitionedCall"):
+        meta_graph.meta_info_def.stripped_op_list.op.add(name=name)
+    assert unregistered_ops(meta_graph) == ["NoSuchOpXyz"]
+    graph_only = meta_graph_pb2.MetaGraphDef()  # no stripped op list: the graph's nodes are read
+    graph_only.graph_def.node.add(name="a", op="AlsoMissingOp")
+    function = graph_only.graph_def.library.function.add()
+    function.signature.name = "my_function"
+    function.node_def.add(name="b", op="my_function")  # a call of a library function, not an op
+    function.node_def.add(name="c", op="Identity")
+    assert unregistered_ops(graph_only) == ["AlsoMissingOp"]
+
+    with pytest.raises(ModelLoadError, match=r"does not register: \['NoSuchOpXyz'\]"):
+        _load_saved_model(tmp_path, meta_graph)
+    monkeypatch.setitem(sys.modules, "tensorflow_text", None)  # as if tensorflow-text were not installed
+    with pytest.raises(ModelLoadError, match="pip install tensorflow-text") as error:
+        _load_saved_model(tmp_path, meta_graph)
+    assert isinstance(error.value.__cause__, ImportError)
+
+
+def test_configure_logging_adds_one_handler_however_often_it_runs():
+    import logging
+
+    from tlkeras.cli.serve_cmd import configure_logging
+
+    serve_logger = logging.getLogger("tlkeras.serve")
+    before = list(serve_logger.handlers)
+    try:
+        for _ in range(3):
+            configure_logging()
+        assert len(serve_logger.handlers) == len([h for h in before if h.get_name() != "tlkeras-serve-stderr"]) + 1
+    finally:
+        serve_logger.handlers[:] = before

@@ -11,6 +11,27 @@ from pathlib import Path
 import click
 
 from tlkeras.errors import TlkerasError
+from tlkeras.serve.limits import ServerLimits, limit_malloc_arenas
+
+_LOG_HANDLER_NAME = "tlkeras-serve-stderr"
+
+
+def configure_logging(level: int = logging.INFO) -> logging.Logger:
+    """logging.Logger: The "tlkeras.serve" logger, writing one line per event to stderr.
+
+    Idempotent: calling it again (a second `serve` in one process, tests) adds no second handler.
+
+    Args:
+        level: int. The level to log at. Defaults to logging.INFO.
+    """
+    serve_logger = logging.getLogger("tlkeras.serve")
+    if not any(handler.get_name() == _LOG_HANDLER_NAME for handler in serve_logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(_LOG_HANDLER_NAME)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
+        serve_logger.addHandler(handler)
+    serve_logger.setLevel(level)
+    return serve_logger
 
 
 @click.command("serve")
@@ -22,18 +43,43 @@ from tlkeras.errors import TlkerasError
               help="How often to look for new models and versions.")
 @click.option("--version-policy", type=click.Choice(["latest", "all"]), default="latest", show_default=True,
               help="Serve only the newest version of each model, or every version on disk.")
-def serve(models, port, host, grpc_port, poll_seconds, version_policy):
+@click.option("--model-config-file", type=click.Path(dir_okay=False), default=None,
+              help="models.config whose version labels to serve (re-read when it changes). "
+                   "[default: MODELS/models.config if it exists]")
+@click.option("--enable-batching", is_flag=True,
+              help="Batch concurrent predict requests into one signature call, as TF Serving does.")
+@click.option("--batching-parameters-file", type=click.Path(dir_okay=False), default=None,
+              help="BatchingParameters text file (needs --enable-batching). "
+                   "[default: MODELS/batching_parameters.txt if it exists, else 32 rows, 1 ms]")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=ServerLimits.max_body_bytes,
+              show_default=True, help="Largest request body (REST) or message (gRPC); larger: 413.")
+@click.option("--max-json-depth", type=click.IntRange(min=1), default=ServerLimits.max_json_depth,
+              show_default=True, help="Deepest JSON nesting in a request body; deeper: 400.")
+@click.option("--request-timeout-seconds", type=click.FloatRange(min=0, min_open=True),
+              default=ServerLimits.request_timeout_seconds, show_default=True,
+              help="Time a client has to send a whole request (or to idle between requests); then 408.")
+@click.option("--max-queued-requests", type=click.IntRange(min=1), default=ServerLimits.max_queued_requests,
+              show_default=True, help="Predict requests read, queued or running at once; more: 503.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=ServerLimits.max_connections,
+              show_default=True, help="Open REST connections; more: 503.")
+@click.option("--drain-seconds", type=click.FloatRange(min=0, min_open=True), default=ServerLimits.drain_seconds,
+              show_default=True, help="On SIGTERM, how long requests in flight may take before exit.")
+def serve(models, port, host, grpc_port, poll_seconds, version_policy, model_config_file, enable_batching,
+          batching_parameters_file, max_body_bytes, max_json_depth, request_timeout_seconds, max_queued_requests,
+          max_connections, drain_seconds):
     """Serve the SavedModels in MODELS (<name>/<version>/saved_model.pb) with TF Serving's REST API."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ chatter out of the request log
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-    serve_logger = logging.getLogger("tlkeras.serve")
-    serve_logger.addHandler(handler)
-    serve_logger.setLevel(logging.INFO)
-    from tlkeras.serve.server import run_server
+    limit_malloc_arenas()  # before TensorFlow's threads start, so memory stays flat under load
+    configure_logging()
+    from tlkeras.serve.server import batching_options, run_server
 
+    limits = ServerLimits(max_body_bytes=max_body_bytes, max_json_depth=max_json_depth,
+                          request_timeout_seconds=request_timeout_seconds, max_queued_requests=max_queued_requests,
+                          max_connections=max_connections, drain_seconds=drain_seconds)
     run_server(models, host=host, port=port, grpc_port=grpc_port, poll_seconds=poll_seconds,
-               version_policy=version_policy)
+               version_policy=version_policy, limits=limits,
+               batching=batching_options(models, enable_batching, batching_parameters_file),
+               model_config_file=model_config_file)
 
 
 @click.command("predict")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,17 +27,31 @@ COLUMNAR = "columnar"
 
 # Beyond this many values per output, float32 goes out with float64 digits (plain tolist) to stay fast.
 _SHORT_FLOAT_LIMIT = 100_000
+DEFAULT_MAX_DEPTH = 100
+# A JSON string (escapes included), in the unrolled-loop form that never backtracks.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPEN_ARRAY, _OPEN_OBJECT = ord("["), ord("{")
+_DEPTH_CHUNK = 1 << 20
 
 
-def parse_request(body: bytes) -> dict:
+def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> dict:
     """dict: The JSON object of a predict request body, checked for TF Serving's top-level keys.
+
+    The nesting depth is measured before parsing, so a deeply nested body is a 400, never a recursion
+    error.
 
     Args:
         body: bytes. The raw request body.
+        max_depth: int. The deepest nesting of arrays and objects allowed. Defaults to 100.
     """
+    depth = json_depth(body or b"")
+    if depth > max_depth:
+        raise ServingError(f"the request body nests JSON arrays and objects {depth} deep; the limit is "
+                           f"{max_depth} (--max-json-depth)")
     try:
         request = json.loads(body or b"")
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8 and over-long integers
         raise ServingError(f"the request body is not valid JSON: {err}") from None
     if not isinstance(request, dict):
         raise ServingError(f"the request body must be a JSON object. Received: {type(request).__name__}")
@@ -47,6 +63,28 @@ def parse_request(body: bytes) -> dict:
     if signature_name is not None and not isinstance(signature_name, str):
         raise ServingError(f'"signature_name" must be a string. Received: signature_name={signature_name!r}')
     return request
+
+
+def json_depth(body: bytes) -> int:
+    """int: How deep arrays and objects nest in a JSON text, found without parsing it (or recursing).
+
+    Strings are blanked out first, so brackets inside them do not count. The result is exact for valid
+    JSON; for invalid JSON it only bounds the work `json.loads` will do.
+
+    Args:
+        body: bytes. The JSON text.
+    """
+    structure = _JSON_STRING.sub(b'""', body).translate(None, _NOT_BRACKETS)
+    if structure.count(b"[") + structure.count(b"{") <= 1:
+        return min(1, len(structure))
+    codes = np.frombuffer(structure, dtype=np.uint8)
+    depth = deepest = 0
+    for start in range(0, len(codes), _DEPTH_CHUNK):  # chunks bound the scratch memory to a few MB
+        chunk = codes[start:start + _DEPTH_CHUNK]
+        running = np.cumsum(np.where((chunk == _OPEN_ARRAY) | (chunk == _OPEN_OBJECT), 1, -1).astype(np.int32))
+        running += depth
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+    return deepest
 
 
 def request_inputs(request: Mapping, input_specs: Mapping[str, Any]) -> tuple[str, dict[str, np.ndarray]]:
@@ -159,7 +197,11 @@ def _string_array(value, name: str) -> np.ndarray:
     encoded = []
     for leaf in leaves:
         if isinstance(leaf, str):
-            encoded.append(leaf.encode("utf-8"))
+            try:
+                encoded.append(leaf.encode("utf-8"))
+            except UnicodeEncodeError:  # JSON can spell lone surrogates ("\ud800"); UTF-8 cannot
+                raise ServingError(f"input '{name}' has a string that is not valid Unicode (a lone "
+                                   "surrogate); send such data as {\"b64\": ...}") from None
         elif _is_b64(leaf) and isinstance(leaf["b64"], str):
             try:
                 encoded.append(base64.b64decode(leaf["b64"], validate=True))
@@ -197,8 +239,23 @@ def _numeric_array(value, dtype, name: str) -> np.ndarray:
 
 
 def _short(value, limit: int = 60) -> str:
-    text = json.dumps(value, default=repr)
+    text = json.dumps(_preview(value), default=repr)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _preview(value, depth: int = 0):
+    """A few leading items of `value`, so describing a wrong value never copies all of it."""
+    if isinstance(value, list):
+        if depth > 2:
+            return ["..."]
+        return [_preview(item, depth + 1) for item in value[:4]] + ["..."] * (len(value) > 4)
+    if isinstance(value, dict):
+        if depth > 2:
+            return {"...": "..."}
+        return {key: _preview(value[key], depth + 1) for key in itertools.islice(value, 4)}
+    if isinstance(value, str) and len(value) > 60:
+        return value[:57] + "..."
+    return value
 
 
 def encode_outputs(outputs: Mapping[str, np.ndarray], request_format: str) -> dict:

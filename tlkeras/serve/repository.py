@@ -9,6 +9,7 @@ name is then the model name. Like TF Serving:
 - new versions and new models are picked up while serving, and the old version keeps serving until the
   new one has loaded;
 - directories whose names are not integers (the exporter's `.tmp-*` dirs, for example) are ignored;
+- with a `models.config`, versions its labels point at are loaded too, so `/labels/stable` resolves;
 - `assets.extra/tf_serving_warmup_requests` (a TFRecord of PredictionLog) is replayed before a version
   goes live, and a failing record fails the load.
 """
@@ -28,7 +29,8 @@ import numpy as np
 
 from tlkeras.errors import TlkerasError
 from tlkeras.serve.codec import check_input_names
-from tlkeras.serve.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ServingError, first_error_line
+from tlkeras.serve.errors import INTERNAL, NOT_FOUND, ServingError, first_error_line, status_for_op_error
+from tlkeras.serve.labels import VersionLabels
 
 logger = logging.getLogger("tlkeras.serve")
 
@@ -117,6 +119,77 @@ class ServableVersion:
             for key, signature_def in sorted(self.meta_graph.signature_def.items())
         }
 
+    def check_inputs(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> tuple[Signature, dict[str, np.ndarray]]:
+        """tuple: The signature and the inputs as arrays, checked against its names, dtypes and shapes.
+
+        Args:
+            inputs: Mapping[str, np.ndarray]. One array per input name; strings as object arrays of bytes.
+            signature_name: str, optional. Defaults to "serving_default".
+        """
+        import tensorflow as tf
+
+        signature = self.signature(signature_name)
+        check_input_names(inputs, signature.inputs, "the request")
+        arrays = {}
+        for name, spec in signature.inputs.items():
+            array = np.asarray(inputs[name])
+            if array.dtype == object or array.dtype.kind in "SU":
+                dtype = tf.string
+            else:
+                try:
+                    dtype = tf.as_dtype(array.dtype)
+                except TypeError:
+                    raise ServingError(f"input '{name}' has a dtype TensorFlow cannot take. "
+                                       f"Received: dtype={array.dtype}") from None
+            if dtype != spec.dtype:
+                raise ServingError(f"input '{name}' expects dtype {spec.dtype.name}. Received: dtype={dtype.name}")
+            if not spec.shape.is_compatible_with(array.shape):
+                raise ServingError(
+                    f"input '{name}' expects shape {spec.shape.as_list()} (None means any size). "
+                    f"Received: shape={list(array.shape)}"
+                )
+            arrays[name] = array
+        return signature, arrays
+
+    @staticmethod
+    def select_outputs(signature: Signature, output_filter: list[str] | None = None) -> list[str]:
+        """list[str]: The output names a request gets: `output_filter`, checked, or all of them.
+
+        Args:
+            signature: Signature. The signature being called.
+            output_filter: list[str], optional. Defaults to all outputs.
+        """
+        wanted = list(output_filter) if output_filter else list(signature.outputs)
+        unknown = sorted(set(wanted) - set(signature.outputs))
+        if unknown:
+            raise ServingError(f"unknown output(s) {unknown}; this signature returns {sorted(signature.outputs)}")
+        return wanted
+
+    def run(self, signature: Signature, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """dict[str, np.ndarray]: Calls a signature on arrays from `check_inputs` and returns every output.
+
+        TensorFlow errors become a `ServingError` with the status TF Serving answers them with; the ones
+        that are server faults (5xx) are logged with their cause.
+
+        Args:
+            signature: Signature. From `check_inputs`.
+            arrays: Mapping[str, np.ndarray]. From `check_inputs` (or several of them, concatenated).
+        """
+        import tensorflow as tf
+
+        tensors = {name: tf.constant(arrays[name], dtype=spec.dtype) for name, spec in signature.inputs.items()}
+        try:
+            outputs = signature.function(**tensors)
+        except tf.errors.OpError as err:
+            status = status_for_op_error(err)
+            if status >= INTERNAL:
+                logger.error("model %s version %d: signature %s failed: %s", self.name, self.version,
+                             signature.name, err)
+            raise ServingError(first_error_line(err), status) from err
+        return {name: value.numpy() for name, value in outputs.items()}
+
     def predict(
         self,
         inputs: Mapping[str, np.ndarray],
@@ -130,33 +203,10 @@ class ServableVersion:
             signature_name: str, optional. Defaults to "serving_default".
             output_filter: list[str], optional. Return only these outputs. Defaults to all outputs.
         """
-        import tensorflow as tf
-
-        signature = self.signature(signature_name)
-        check_input_names(inputs, signature.inputs, "the request")
-        tensors = {}
-        for name, spec in signature.inputs.items():
-            array = np.asarray(inputs[name])
-            dtype = tf.string if array.dtype == object or array.dtype.kind in "SU" else tf.as_dtype(array.dtype)
-            if dtype != spec.dtype:
-                raise ServingError(f"input '{name}' expects dtype {spec.dtype.name}. Received: dtype={dtype.name}")
-            if not spec.shape.is_compatible_with(array.shape):
-                raise ServingError(
-                    f"input '{name}' expects shape {spec.shape.as_list()} (None means any size). "
-                    f"Received: shape={list(array.shape)}"
-                )
-            tensors[name] = tf.constant(array, dtype=spec.dtype)
-        wanted = list(output_filter) if output_filter else list(signature.outputs)
-        unknown = sorted(set(wanted) - set(signature.outputs))
-        if unknown:
-            raise ServingError(f"unknown output(s) {unknown}; this signature returns {sorted(signature.outputs)}")
-        try:
-            outputs = signature.function(**tensors)
-        except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.FailedPreconditionError) as err:
-            raise ServingError(first_error_line(err), BAD_REQUEST) from None
-        except tf.errors.OpError as err:
-            raise ServingError(first_error_line(err), INTERNAL) from None
-        return {name: outputs[name].numpy() for name in wanted}
+        signature, arrays = self.check_inputs(inputs, signature_name)
+        wanted = self.select_outputs(signature, output_filter)
+        outputs = self.run(signature, arrays)
+        return {name: outputs[name] for name in wanted}
 
 
 def load_servable(name: str, version: int, path: Path) -> ServableVersion:
@@ -167,7 +217,8 @@ def load_servable(name: str, version: int, path: Path) -> ServableVersion:
         version: int. The version number.
         path: Path. The version directory holding `saved_model.pb`.
     """
-    servable = ServableVersion(name, version, path, _load_saved_model(path), read_meta_graph(path))
+    meta_graph = read_meta_graph(path)
+    servable = ServableVersion(name, version, path, _load_saved_model(path, meta_graph), meta_graph)
     warmup = path / WARMUP_FILE
     if warmup.is_file():
         count = replay_warmup(servable, warmup)
@@ -175,21 +226,44 @@ def load_servable(name: str, version: int, path: Path) -> ServableVersion:
     return servable
 
 
-def _load_saved_model(path: Path):
+class ModelLoadError(TlkerasError):
+    """A SavedModel that cannot be loaded in this process, with the fix in its message."""
+
+
+def _load_saved_model(path: Path, meta_graph):
     import tensorflow as tf
 
-    try:
-        return tf.saved_model.load(str(path))
-    except Exception as err:
-        if "not registered" not in str(err):
-            raise
+    missing = unregistered_ops(meta_graph)
+    if missing:
         try:
-            # Text models exported with keras-hub tokenizers use tensorflow-text ops; importing it
-            # registers them (TF Serving needs them linked in for the same reason).
+            # Text models exported with keras-hub tokenizers use TF Text ops; importing it registers
+            # them (TF Serving needs them linked in for the same reason).
             import tensorflow_text  # noqa: F401
-        except ImportError:
-            raise err from None
+        except ImportError as err:
+            raise ModelLoadError(f"the SavedModel uses ops {missing} that only tensorflow-text registers; "
+                                 "pip install tensorflow-text") from err
+        missing = unregistered_ops(meta_graph)
+        if missing:
+            raise ModelLoadError(f"the SavedModel uses ops this TensorFlow does not register: {missing}; "
+                                 "install the package that defines them")
     return tf.saved_model.load(str(path))
+
+
+def unregistered_ops(meta_graph) -> list[str]:
+    """list[str]: The op types a meta graph uses that are not registered in this process, sorted.
+
+    Args:
+        meta_graph: MetaGraphDef. From `read_meta_graph`.
+    """
+    from tensorflow.python.framework import op_def_registry
+
+    used = {op.name for op in meta_graph.meta_info_def.stripped_op_list.op}
+    if not used:  # SavedModels written without a stripped op list: read the graph itself
+        library = meta_graph.graph_def.library.function
+        used = {node.op for node in meta_graph.graph_def.node}
+        used |= {node.op for function in library for node in function.node_def}
+        used -= {function.signature.name for function in library}
+    return sorted(name for name in used if op_def_registry.get(name) is None)
 
 
 def read_meta_graph(path: Path):
@@ -273,6 +347,8 @@ class ModelRepository:
             Defaults to "latest".
         loader: Callable, optional. `(name, version, path) -> ServableVersion`. Defaults to
             `load_servable`.
+        labels: VersionLabels, optional. Version labels from a `models.config`; the versions they name
+            are loaded too (when on disk), whatever the policy. Defaults to no labels.
 
     Example:
     >>> repository = ModelRepository("exports")
@@ -285,6 +361,7 @@ class ModelRepository:
         base_path,
         version_policy: str = "latest",
         loader: Callable[[str, int, Path], ServableVersion] | None = None,
+        labels: VersionLabels | None = None,
     ):
         self.base_path = Path(base_path).expanduser()
         if not self.base_path.is_dir():
@@ -296,6 +373,7 @@ class ModelRepository:
             raise TlkerasError(f"version_policy must be one of {VERSION_POLICIES}. Received: {version_policy!r}")
         self.version_policy = version_policy
         self._loader = loader or load_servable
+        self.labels = labels
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._servables: dict[str, dict[int, ServableVersion]] = {}
@@ -334,6 +412,8 @@ class ModelRepository:
             aspired = set(versions)
         else:
             aspired = {max(versions)} if versions else set()
+        if self.labels is not None:
+            aspired |= self.labels.versions(name) & set(versions)
         for version in sorted(aspired - set(self._servables.get(name, {})), reverse=True):
             self._load(name, version, versions[version])
 
@@ -380,43 +460,61 @@ class ModelRepository:
         with self._lock:
             return sorted(self._states)
 
-    def get(self, name: str, version: int | None = None) -> ServableVersion:
+    def _check_served(self, name: str) -> None:
+        # Names are only looked up among the models found on disk; nothing a request names is opened.
+        if name not in self._states:
+            raise ServingError(f"model '{name}' is not served here; served models: {sorted(self._states)}",
+                               NOT_FOUND)
+
+    def _labelled_version(self, name: str, label: str) -> int:
+        if self.labels is None:
+            raise ServingError(
+                "version labels come from a models.config (`tlkeras deploy-config` writes one; pass "
+                f"--model-config-file) and this server has none. Received: label={label!r}", NOT_FOUND)
+        return self.labels.resolve(name, label)
+
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> ServableVersion:
         """ServableVersion: A loaded version of a model; the newest available one when `version` is None.
 
         Args:
             name: str. The model name.
             version: int, optional. Defaults to the newest available version.
+            label: str, optional. A version label from the model config, instead of `version`.
+                Defaults to none.
         """
         with self._lock:
-            if name not in self._states:
-                raise ServingError(
-                    f"model '{name}' is not served here; served models: {sorted(self._states)}", NOT_FOUND
-                )
+            self._check_served(name)
+        if label is not None:
+            version = self._labelled_version(name, label)
+        with self._lock:
             loaded = dict(self._servables.get(name, {}))
         if version is None:
             if not loaded:
                 raise ServingError(f"model '{name}' has no available version yet", NOT_FOUND)
             return loaded[max(loaded)]
         if version not in loaded:
+            via = f" (label '{label}')" if label is not None else ""
             raise ServingError(
-                f"version {version} of model '{name}' is not available; available versions: {sorted(loaded)}",
+                f"version {version}{via} of model '{name}' is not available; available versions: {sorted(loaded)}",
                 NOT_FOUND,
             )
         return loaded[version]
 
-    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         """list[VersionStatus]: The states of a model's versions, newest first; only `version` if given.
 
         Args:
             name: str. The model name.
             version: int, optional. Defaults to all versions the server has seen.
+            label: str, optional. A version label from the model config, instead of `version`.
+                Defaults to none.
         """
         with self._lock:
-            if name not in self._states:
-                raise ServingError(
-                    f"model '{name}' is not served here; served models: {sorted(self._states)}", NOT_FOUND
-                )
-            states = dict(self._states[name])
+            self._check_served(name)
+        if label is not None:
+            version = self._labelled_version(name, label)
+        with self._lock:
+            states = dict(self._states.get(name, {}))
         if version is None:
             return [states[v] for v in sorted(states, reverse=True)]
         if version not in states:
