@@ -1,6 +1,6 @@
 """`tlkeras serve` as a real process, spoken to over HTTP (and gRPC) the way TF Serving clients do.
 
-Tiny SavedModels (tests/serve_helpers.py) mimic the exporter. Every answer is checked against calling
+Tiny SavedModels (tests/serve/serve_helpers.py) mimic the exporter. Every answer is checked against calling
 the same signature in-process.
 """
 
