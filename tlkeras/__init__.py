@@ -6,3 +6,12 @@ TensorFlow and Keras are imported by `tlkeras.backbones`, `tlkeras.recipes`, `tl
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `tlkeras.fit` loads the training machinery only when it is called for.
+    if name in ("fit", "FitResult"):
+        from tlkeras import easy
+
+        return getattr(easy, name)
+    raise AttributeError(f"module 'tlkeras' has no attribute {name!r}")

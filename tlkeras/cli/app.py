@@ -14,6 +14,7 @@ from tlkeras.errors import TlkerasError
 COMMAND_MODULES = {
     "registry": "tlkeras.cli.registry_cmd:registry_group",
     "fetch": "tlkeras.cli.registry_cmd:fetch",
+    "recommend": "tlkeras.cli.recommend_cmd:recommend",
     "train": "tlkeras.cli.train_cmd:train",
     "evaluate": "tlkeras.cli.train_cmd:evaluate",
     "lr-find": "tlkeras.cli.train_cmd:lr_find",

@@ -34,3 +34,13 @@ __all__ = [
     "read_catalog_file",
     "validate_entry",
 ]
+
+
+def __getattr__(name: str):
+    # `registry.recommend` ranks backbones on data: it needs the backbones and the probe, so it lives above
+    # them (tlkeras.recommend) and is imported only when asked for, keeping `registry` free of TensorFlow.
+    if name == "recommend":
+        from tlkeras.recommend import recommend
+
+        return recommend
+    raise AttributeError(f"module 'tlkeras.registry' has no attribute {name!r}")
