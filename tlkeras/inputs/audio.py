@@ -130,7 +130,7 @@ class AudioKind(InputKind):
         return keras.Model(waveform, pooled, name=entry.name)
 
     def dataset(self, inputs, targets, spec, batch_size, preprocessor=None, shuffle=False, seed=0, augment=None,
-                repeat=False):
+                repeat=False, view="identity"):
         import tensorflow as tf
 
         rate, samples = spec.sample_rate, self.num_samples(spec)

@@ -136,8 +136,10 @@ class InputKind:
 
     # ------------------------------------------------------------------------------------- datasets
     def dataset(self, inputs: Sequence[str], targets, spec: InputSpec, batch_size: int, preprocessor=None,
-                shuffle: bool = False, seed: int = 0, augment: Callable | None = None, repeat: bool = False):
-        """tf.data.Dataset: batches of the extractor's inputs (and targets when given)."""
+                shuffle: bool = False, seed: int = 0, augment: Callable | None = None, repeat: bool = False,
+                view: str = "identity"):
+        """tf.data.Dataset: batches of the extractor's inputs (and targets when given), in one of the kind's
+        `feature_views`."""
         raise NotImplementedError
 
     def augmenter(self, config, seed: int, mix_labels: bool) -> Callable | None:
@@ -149,6 +151,12 @@ class InputKind:
             raise TlkerasError(f"the augment: section applies to image recipes; a {self.name} recipe cannot use "
                                f"it: remove it. Received: augment={config}")
         return None
+
+    def feature_views(self, config) -> tuple[str, ...] | None:
+        """The deterministic views of each input an `augment:` section amounts to, when it amounts to some
+        (images: `flip: horizontal` alone -> ("identity", "flip")), so a frozen backbone's features can be
+        cached once per view; None when the augmentation is random and must run every epoch."""
+        return None if config.enabled() else ("identity",)
 
     def test_time_augmented(self, model):
         """keras.Model: `model` averaging its outputs over augmented views of each input

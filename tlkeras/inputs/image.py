@@ -214,13 +214,28 @@ class ImageKind(InputKind):
         return keras.Model(pixels, features, name=entry.name)
 
     def dataset(self, inputs, targets, spec, batch_size, preprocessor=None, shuffle=False, seed=0, augment=None,
-                repeat=False):
+                repeat=False, view="identity"):
         import tensorflow as tf
 
         size = spec.image_size
+        flip = view == "flip"
         ds = pipeline.shuffled(pipeline.slices([str(p) for p in inputs], targets), len(inputs), shuffle, seed, repeat)
-        ds = pipeline.map_inputs(ds, lambda path: decode(tf.io.read_file(path), size), targets is not None)
+
+        def read(path):
+            pixels = decode(tf.io.read_file(path), size)
+            return tf.image.flip_left_right(pixels) if flip else pixels
+
+        ds = pipeline.map_inputs(ds, read, targets is not None)
         return pipeline.finish(ds.batch(batch_size), targets is not None, augment)
+
+    def feature_views(self, config):
+        import dataclasses
+
+        if not config.enabled():
+            return ("identity",)
+        if config.flip == "horizontal" and not dataclasses.replace(config, flip="none").enabled():
+            return ("identity", "flip")  # mirrors are deterministic: cache their features too
+        return None
 
     def augmenter(self, config, seed, mix_labels):
         if not config.enabled():

@@ -81,7 +81,7 @@ class TextKind(InputKind):
         return keras_hub.models.TextClassifierPreprocessor.from_preset(handle, sequence_length=spec.sequence_length)
 
     def dataset(self, inputs, targets, spec, batch_size, preprocessor=None, shuffle=False, seed=0, augment=None,
-                repeat=False):
+                repeat=False, view="identity"):
         ds = pipeline.shuffled(pipeline.slices([str(t) for t in inputs], targets), len(inputs), shuffle, seed, repeat)
         ds = ds.batch(batch_size)
         if preprocessor is not None:

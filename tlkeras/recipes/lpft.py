@@ -52,9 +52,22 @@ class _EpochScores:
         return selection_score(self.trainer.task.name, self.examples.targets, outputs)
 
 
-def fit_probe_head(trainer, examples, folds: int, features=None) -> probe_lib.ProbeFit:
+def fit_probe_head(trainer, examples, folds: int, features=None, views=None) -> probe_lib.ProbeFit:
     """Fits the probe on `examples`' frozen features (computed through the cache unless given) and writes it
-    into the trainer's head."""
+    into the trainer's head. With `views` (e.g. mirrors), every view of an example is a training row, and
+    cross-validation keeps an example's views in the same fold."""
+    if views:
+        from tlkeras.data import fold_indices
+
+        stacked = np.concatenate([trainer.cached_features(examples, v) for v in views])
+        targets = np.concatenate([examples.targets] * len(views))
+        n = len(examples)
+        cv = [(np.concatenate([t + k * n for k in range(len(views))]), np.concatenate([v + k * n for k in range(len(views))]))
+              for t, v in fold_indices(examples, folds, trainer.recipe.seed)]
+        fit = probe_lib.fit_probe(stacked, targets, trainer.task.name, class_weight=trainer.class_weight_mode,
+                                  seed=trainer.recipe.seed, cv_indices=cv)
+        probe_lib.assign(trainer.head, fit)
+        return fit
     features = trainer.cached_features(examples) if features is None else features
     fit = probe_lib.fit_probe(features, examples.targets, trainer.task.name, folds=folds,
                               class_weight=trainer.class_weight_mode, seed=trainer.recipe.seed)

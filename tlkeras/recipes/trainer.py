@@ -117,6 +117,10 @@ class Trainer:
         self.mixes_labels = self.task.name == "classification" and bool(augment.mixup or augment.cutmix)
         self.one_hot = self.mixes_labels or (self.task.name == "classification" and recipe.schedule.label_smoothing > 0)
         self.augment = self.kind.augmenter(augment, recipe.seed, self.mixes_labels)
+        # A linear head on cached features sees augmentation as extra views of each example (mirrors),
+        # when the augmentation amounts to deterministic views.
+        views = self.kind.feature_views(augment) if not recipe.head.hidden_units else None
+        self.views = views if views and len(views) > 1 else None
         self.class_weight_mode = _class_weight_mode(recipe.data.class_weight, self.task.name, splits.train)
         self.selection: dict = {}  # what model selection tried and kept, for metrics.json and the report
         self.recommendation: list | None = None  # backbone: auto's ranking
@@ -190,6 +194,11 @@ class Trainer:
             preprocessor=self.backbone.preprocessor, shuffle=training, seed=self.recipe.seed,
             augment=self.augment if training and targets else None)
 
+    def view_dataset(self, examples, view: str):
+        """Inputs of `examples`, in inference batches, as one feature view (no targets, no shuffling)."""
+        return self.kind.dataset(examples.inputs, None, self.spec, self.recipe.data.inference_batch_size,
+                                 preprocessor=self.backbone.preprocessor, view=view)
+
     def targets(self, examples) -> np.ndarray:
         """np.ndarray: `examples`' targets in the form the compiled loss expects."""
         return self.task.keras_targets(examples.targets, self.n_outputs, self.one_hot)
@@ -205,7 +214,7 @@ class Trainer:
         if self.strategy_name == "auto" and self.selection.get("kept") not in (None, "probe"):
             return False  # auto chose to fine-tune: predictions go through the tuned backbone
         return (self.recipe.data.cache_features and all(s.unfreeze == 0 for s in self.stages())
-                and self.augment is None and self.recipe.distribution == "none")
+                and (self.augment is None or self.views is not None) and self.recipe.distribution == "none")
 
     def training_setup(self, stage) -> tuple:
         """(model, training data): what fits in `stage`, on cached features when the cache applies."""
@@ -276,7 +285,7 @@ class Trainer:
 
         if self._state()["stages_done"]:
             return {}
-        fit = lpft.fit_probe_head(self, self.splits.train, self.recipe.schedule.folds)
+        fit = lpft.fit_probe_head(self, self.splits.train, self.recipe.schedule.folds, views=self.views)
         self.selection = {"mode": f"{fit.folds}-fold cross-validation" if fit.folds else "no cross-validation",
                           "probe": fit.summary(), "kept": "probe"}
         table = ", ".join(f"{name}: {mean:.4f}±{std:.4f}" for name, (mean, std) in fit.cv_scores.items())
@@ -349,8 +358,9 @@ class Trainer:
         self._finish_stage(0, stage.epochs)
         return history
 
-    def cached_features(self, examples) -> np.ndarray:
-        """Backbone features of `examples`, from the cache or computed once and stored."""
+    def cached_features(self, examples, view: str = "identity") -> np.ndarray:
+        """Backbone features of `examples` (in one of the kind's feature views), from the cache or computed
+        once and stored."""
         from tlkeras.recipes import features as feature_cache
 
         entry = self.entry
@@ -360,8 +370,9 @@ class Trainer:
             pixel_mean=entry.pixel_mean, pixel_std=entry.pixel_std, channel_order=entry.channel_order,
             pooling=entry.pooling, **self.kind.cache_key(entry, self.spec),
             data=data_lib.fingerprint(examples), seed=self.recipe.seed if self.recipe.backbone_weights == "random" else 0,
+            **({} if view == "identity" else {"view": view}),
         )
-        compute = lambda: feature_cache.extract(self.extractor, self.dataset(examples, False, targets=False),  # noqa: E731
+        compute = lambda: feature_cache.extract(self.extractor, self.view_dataset(examples, view),  # noqa: E731
                                                 verbose=self.verbose)
         return feature_cache.cached_features(key, compute)
 
@@ -413,11 +424,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ evaluation
     def predict(self, examples) -> np.ndarray:
-        if self.recipe.augment.tta:
+        if self.recipe.augment.tta and not self.uses_feature_cache():
             return np.asarray(self.inference_model.predict(self.dataset(examples, False, targets=False), verbose=0))
         if self.uses_feature_cache():
-            return np.asarray(self.head.predict(self.cached_features(examples), verbose=0,
-                                                batch_size=self.recipe.data.batch_size))
+            views = self.views if self.views and self.recipe.augment.tta else ("identity",)
+            return np.mean([np.asarray(self.head.predict(self.cached_features(examples, view), verbose=0,
+                                                         batch_size=self.recipe.data.batch_size))
+                            for view in views], axis=0)
         return np.asarray(self.model.predict(self.dataset(examples, False, targets=False), verbose=0))
 
     def evaluate(self, seconds: float) -> dict:
