@@ -38,19 +38,19 @@ def fake_features(keys, dim=DIM) -> np.ndarray:
 class CountingCompute:
     """A `compute` that yields fake features in batches and records the keys it was asked for."""
 
-    def __init__(self, keys, batch=7, dim=DIM, delay=0.0, fail_after_calls=None):
+    def __init__(self, keys, batch=7, dim=DIM, delay=0.0, fail_after_rows=None):
         self.keys, self.batch, self.dim, self.delay = keys, batch, dim, delay
         self.computed: list[str] = []
         self.calls = 0
-        self.fail_after_calls = fail_after_calls
+        self.fail_after_rows = fail_after_rows
 
     def __call__(self, indices):
         self.calls += 1
-        if self.fail_after_calls is not None and self.calls > self.fail_after_calls:
-            raise KeyboardInterrupt("killed")
         assert len(indices) and np.all(np.diff(indices) > 0)
         for start in range(0, len(indices), self.batch):
             part = [self.keys[i] for i in indices[start:start + self.batch]]
+            if self.fail_after_rows is not None and len(self.computed) + len(part) > self.fail_after_rows:
+                raise KeyboardInterrupt("killed")
             if self.delay:
                 time.sleep(self.delay)
             self.computed.extend(part)
@@ -98,7 +98,7 @@ def test_growing_the_set_by_ten_percent_computes_exactly_the_new_examples(tmp_pa
     keys = text_keys(500)
     first = CountingCompute(keys)
     features = cached_features(FeatureStore("e", root=tmp_path, chunk_rows=64), keys, first, progress=False)
-    assert sorted(first.computed) == sorted(keys)
+    assert sorted(first.computed) == sorted(keys) and first.calls == 1  # one stream, cut into 8 chunks
     np.testing.assert_array_equal(features, fake_features(keys))
 
     new = text_keys(50, start=500)
@@ -107,7 +107,7 @@ def test_growing_the_set_by_ten_percent_computes_exactly_the_new_examples(tmp_pa
     grown = [grown[i] for i in order]
     second = CountingCompute(grown)
     features = cached_features(FeatureStore("e", root=tmp_path, chunk_rows=64), grown, second, progress=False)
-    assert sorted(second.computed) == sorted(new)
+    assert sorted(second.computed) == sorted(new) and second.calls == 1
     np.testing.assert_array_equal(features, fake_features(grown))
 
     third = CountingCompute(grown)  # a rerun computes nothing and reuses the assembled view
@@ -154,10 +154,10 @@ def test_a_repeated_key_is_computed_once_and_returned_at_each_position(tmp_path)
 
 def test_an_interrupted_run_keeps_its_finished_chunks_and_the_rerun_resumes(tmp_path):
     keys = text_keys(300)
-    interrupted = CountingCompute(keys, fail_after_calls=2)
+    interrupted = CountingCompute(keys, fail_after_rows=150)  # killed in the third chunk
     with pytest.raises(KeyboardInterrupt):
         cached_features(FeatureStore("e", root=tmp_path, chunk_rows=64), keys, interrupted, progress=False)
-    assert len(interrupted.computed) == 128
+    assert len(FeatureStore("e", root=tmp_path).chunk_names) == 2
     rerun = CountingCompute(keys)
     features = cached_features(FeatureStore("e", root=tmp_path, chunk_rows=64), keys, rerun, progress=False)
     assert sorted(rerun.computed) == sorted(keys[128:])
