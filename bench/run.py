@@ -40,14 +40,15 @@ README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 # Benchmarks a plain full run leaves out, with the reason (the rest of the suite fits 30 minutes). A plain
 # full run keeps their last measured row; `--only NAME` measures them again.
 OPT_IN: dict[str, str] = {
-    "feature_cache_scaling": "takes ~12 min on 2 shared cores (71,000 + 7,100 images through Lite0, plus the "
-                             "whole-split baseline over 60,000): run `python -m bench.run --only feature_cache_scaling`",
+    "feature_cache_scaling": "takes 4-12 min on 2 shared cores, with the load (71,000 + 7,100 images through "
+                             "Lite0, then the whole-split baseline over 60,000): run "
+                             "`python -m bench.run --only feature_cache_scaling`",
 }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (about 2.5 min here)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (about 3.5 min here when the machine is quiet; 7 min at load average 6)")
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     parser.add_argument("--workdir", default=None, help="scratch folder (data, runs). Defaults to a temp dir")

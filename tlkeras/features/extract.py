@@ -56,8 +56,9 @@ def cached_features(
             a key repeated (the same image twice) is computed once.
         compute: callable. `compute(indices)` gets an increasing int64 array of positions into `keys`
             (the missing examples, each key once) and yields np.ndarray batches of shape (b, dim) for those
-            examples, in that order, any b. It is called once, or again on the remaining examples when
-            another process is extracting the same ones (its generator is then closed early).
+            examples, in that order, any b. It is called once; again on the remaining examples when
+            another process is extracting the same ones (its generator is then closed early), or on the
+            rows of a chunk found damaged while reading.
         progress: bool. Show a progress bar of the examples extracted. Defaults to True.
         mmap: bool. Return a read-only memory map of a row-ordered file the store keeps
             (`FeatureStore.view`), so memory stays bounded however many keys; False returns an
