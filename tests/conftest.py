@@ -179,16 +179,18 @@ def backbone_passes(monkeypatch):
     """Counts backbone passes over a dataset (what the feature cache saves): one list item, the number
     of examples, per pass."""
     passes = []
-    from tlkeras.recipes import features
+    from tlkeras.features import backbone
 
-    extract = features.extract
+    extract = backbone.extract
 
-    def counting(backbone, dataset, verbose=1):
-        result = extract(backbone, dataset, verbose=verbose)
-        passes.append(len(result))
-        return result
+    def counting(extractor, dataset):
+        rows = 0
+        for features in extract(extractor, dataset):
+            rows += len(features)
+            yield features
+        passes.append(rows)
 
-    monkeypatch.setattr(features, "extract", counting)
+    monkeypatch.setattr(backbone, "extract", counting)
     return passes
 
 

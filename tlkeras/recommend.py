@@ -162,10 +162,9 @@ def _evaluate(entry, examples, kind, folds: int, seed: int, progress: bool) -> C
 
 def extract_features(backbone, examples, batch_size: int = 8, progress: bool = True) -> np.ndarray:
     """np.ndarray: frozen features of `examples`, through the per-example feature cache."""
-    from tlkeras.features import extractor_key, features_for
+    from tlkeras.features import backbone_features
 
-    key = extractor_key(backbone)
-    return features_for(backbone, examples, key, batch_size=batch_size, progress=progress)
+    return backbone_features(backbone, examples.inputs, batch_size, progress=progress)
 
 
 def measure_speed(backbone, examples, batch_size: int = 8, repeats: int = 5) -> tuple[float, float]:

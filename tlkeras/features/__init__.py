@@ -12,6 +12,7 @@ Example:
 >>> features.logme(np.asarray(x), labels)
 """
 
+from tlkeras.features.backbone import backbone_features, backbone_key
 from tlkeras.features.extract import cached_features
 from tlkeras.features.store import (
     FeatureStore,
@@ -23,5 +24,5 @@ from tlkeras.features.store import (
 )
 from tlkeras.features.transferability import LogMEResult, logme, logme_result
 
-__all__ = ["FeatureStore", "LogMEResult", "MissingFeaturesError", "cached_features", "content_key_of_file",
+__all__ = ["FeatureStore", "backbone_features", "backbone_key", "LogMEResult", "MissingFeaturesError", "cached_features", "content_key_of_file",
            "content_key_of_text", "content_keys_of_files", "extractor_key", "logme", "logme_result"]

@@ -320,9 +320,9 @@ class Trainer:
     def extract_features(self, examples) -> np.ndarray:
         """np.ndarray: features of `examples` through the extractor as it is now (no cache: after contrastive or
         fine-tuning steps the cached features would be stale)."""
-        from tlkeras.recipes import features as feature_cache
+        from tlkeras.features.backbone import extract
 
-        return feature_cache.extract(self.extractor, self.dataset(examples, False, targets=False), verbose=0)
+        return np.concatenate(list(extract(self.extractor, self.view_dataset(examples, "identity"))))
 
     def _fit_lpft(self) -> dict:
         from tlkeras.recipes import lpft
@@ -359,22 +359,12 @@ class Trainer:
         return history
 
     def cached_features(self, examples, view: str = "identity") -> np.ndarray:
-        """Backbone features of `examples` (in one of the kind's feature views), from the cache or computed
-        once and stored."""
-        from tlkeras.recipes import features as feature_cache
+        """Backbone features of `examples` (in one of the kind's feature views), from the per-example cache;
+        only inputs it has not seen are computed."""
+        from tlkeras.features import backbone_features
 
-        entry = self.entry
-        key = feature_cache.cache_key(
-            backbone=entry.name, weights=self.recipe.backbone_weights, source=entry.source,
-            handle=entry.handle, package_sha256=entry.package_sha256, weights_sha256=entry.weights_sha256,
-            pixel_mean=entry.pixel_mean, pixel_std=entry.pixel_std, channel_order=entry.channel_order,
-            pooling=entry.pooling, **self.kind.cache_key(entry, self.spec),
-            data=data_lib.fingerprint(examples), seed=self.recipe.seed if self.recipe.backbone_weights == "random" else 0,
-            **({} if view == "identity" else {"view": view}),
-        )
-        compute = lambda: feature_cache.extract(self.extractor, self.view_dataset(examples, view),  # noqa: E731
-                                                verbose=self.verbose)
-        return feature_cache.cached_features(key, compute)
+        return backbone_features(self.backbone, examples.inputs, self.recipe.data.inference_batch_size, view,
+                                 self.recipe.backbone_weights, self.recipe.seed, progress=self.verbose > 0)
 
     def compile(self, model, stage, steps: int) -> None:
         """Compiles `model` for `stage`: the task's loss and metrics, the recipe's optimizer with the
