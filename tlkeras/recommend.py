@@ -58,6 +58,8 @@ def runnable(entry) -> str | None:
         return None if is_fetched(entry) else f"weights not fetched: run `tlkeras fetch {entry.name}`"
     if entry.source == "local":
         return None if Path(entry.handle).exists() else f"local weights missing: {entry.handle}"
+    if entry.handle and Path(entry.handle).exists():  # a keras-hub preset or SavedModel folder on disk
+        return None
     return "weights download from a hub (no network here); register a local copy to include it"
 
 
