@@ -2,7 +2,7 @@
 chosen by k-fold cross-validation on the training data, then written into an ordinary Keras `Dense` layer
 (no scikit-learn at serving time).
 
-- classification: multinomial logistic regression (L-BFGS), softmax;
+- classification: multinomial logistic regression (L-BFGS, in the examples' span when N < D), softmax;
 - multilabel: one logistic regression per label (L-BFGS), sigmoid;
 - regression: ridge regression (closed form), linear.
 
@@ -15,7 +15,6 @@ can only pick it or something that scored better.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,12 +100,15 @@ def fit_probe(features, targets, task: str, folds: int = 5, class_weight: str | 
     splits = cv_indices if cv_indices is not None else _folds(y, task, folds, seed)
     scores = {}
     if splits and len(grid) > 1:
-        for candidate in grid:
-            fold_scores = []
-            for train_idx, val_idx in splits:
-                kernel, bias = _fit(x[train_idx], y[train_idx], task, candidate, class_weight)
-                fold_scores.append(_score(x[val_idx] @ kernel + bias, y[val_idx], task))
-            scores[candidate.name] = (float(np.mean(fold_scores)), float(np.std(fold_scores)))
+        fold_scores: dict[str, list[float]] = {c.name: [] for c in grid}
+        for train_idx, val_idx in splits:
+            # One solver per fold and standardisation, run along the C grid with warm starts.
+            for standardise in dict.fromkeys(c.standardise for c in grid):
+                solver = _Solver(x[train_idx], y[train_idx], task, standardise, class_weight)
+                for candidate in (c for c in grid if c.standardise == standardise):
+                    kernel, bias = solver.fit(candidate.c)
+                    fold_scores[candidate.name].append(_score(x[val_idx] @ kernel + bias, y[val_idx], task))
+        scores = {name: (float(np.mean(v)), float(np.std(v))) for name, v in fold_scores.items()}
         # Ties go to the stronger regularisation: the grid is in ascending C, so the first maximum wins.
         best = max(grid, key=lambda c: scores[c.name][0])
     else:
@@ -162,54 +164,146 @@ def _standardiser(x, on: bool):
 
 
 def _fit(x, y, task, candidate: _Candidate, class_weight):
-    mean, std = _standardiser(x, candidate.standardise)
-    z = (x - mean) / std
-    if task == "regression":
-        coef, intercept = _ridge(z, y, 1.0 / candidate.c)
-    elif task == "classification":
-        coef, intercept = _logistic(z, y, candidate.c, class_weight)
-    else:
-        columns = [_binary_column(z, y[:, j], candidate.c, class_weight) for j in range(y.shape[1])]
-        coef = np.stack([c for c, _ in columns], axis=1)
-        intercept = np.array([b for _, b in columns])
-    # Fold the standardisation into the layer: ((x - mean) / std) @ coef + b = x @ (coef / std) + (b - mean/std @ coef)
-    kernel = coef / std[:, None]
-    bias = intercept - (mean / std) @ coef
-    return kernel, bias
+    return _Solver(x, y, task, candidate.standardise, class_weight).fit(candidate.c)
 
 
-def _logistic(z, y, c, class_weight):
-    from sklearn.linear_model import LogisticRegression
+class _Solver:
+    """Fits one training set at several regularisation strengths: the standardisation and the span are
+    computed once, and each fit starts from the previous one's solution (a warm start along the C path)."""
 
-    y = y.astype(np.int64)
+    def __init__(self, x, y, task, standardise: bool, class_weight):
+        self.task, self.class_weight = task, class_weight
+        self.mean, self.std = _standardiser(x, standardise)
+        z = (x - self.mean) / self.std
+        self.z = z
+        self.y = y
+        self.warm: dict = {}
+        if task != "regression":
+            self.coordinates, self.basis = _span(z)
+
+    def fit(self, c: float):
+        if self.task == "regression":
+            coef, intercept = _ridge(self.z, self.y, 1.0 / c)
+        elif self.task == "classification":
+            coef, intercept = _logistic(self, c)
+        else:
+            columns = [_binary_column(self, j, c) for j in range(self.y.shape[1])]
+            coef = np.stack([k for k, _ in columns], axis=1)
+            intercept = np.array([b for _, b in columns])
+        # Fold the standardisation into the layer: ((x - m) / s) @ coef + b = x @ (coef / s) + (b - m/s @ coef)
+        kernel = coef / self.std[:, None]
+        return kernel, intercept - (self.mean / self.std) @ coef
+
+    def lift(self, coef):
+        """Coefficients in the span's coordinates back to feature space."""
+        return coef if self.basis is None else self.basis @ coef
+
+
+def _sample_weights(y, class_weight):
+    if class_weight != "balanced":
+        return np.ones(len(y))
+    counts = np.bincount(y, minlength=int(y.max()) + 1).astype(np.float64)
+    present = counts > 0
+    per_class = np.zeros_like(counts)
+    per_class[present] = len(y) / (present.sum() * counts[present])
+    return per_class[y]
+
+
+def _lbfgs(objective, size, init=None):
+    from scipy.optimize import minimize
+
+    start = np.zeros(size) if init is None or len(init) != size else init
+    result = minimize(objective, start, jac=True, method="L-BFGS-B",
+                      options={"maxiter": MAX_ITER, "gtol": 1e-5, "ftol": 1e-10})
+    return result.x
+
+
+def _span(z):
+    """(coordinates, basis): with fewer examples than features, the L2-regularised optimum lies in the span
+    of the examples, so the fit runs on their coordinates in an orthonormal basis of it (Z = U S V', fit on
+    U S, W = V B): the same objective, exactly, in N dimensions instead of D."""
+    if z.shape[0] >= z.shape[1]:
+        return z, None
+    # From the N x N Gram matrix (an eigendecomposition there is far cheaper than an SVD of Z).
+    eigenvalues, u = np.linalg.eigh(z @ z.T)
+    keep = eigenvalues > eigenvalues.max() * 1e-12
+    singular = np.sqrt(eigenvalues[keep])
+    u = u[:, keep]
+    return u * singular, (z.T @ u) / singular
+
+
+def _softmax_fit(z, onehot, c, weights, init=None):
+    """Multinomial logistic regression, scikit-learn's objective: 1/2 |W|^2 + C sum_i w_i CE_i, the intercept
+    unpenalised, by L-BFGS (in the examples' span when N < D, see `_span`)."""
+    n, d = z.shape
+    k = onehot.shape[1]
+
+    def unpack(theta):
+        return theta[: -k].reshape(-1, k), theta[-k:]
+
+    def objective(theta):
+        coef, bias = unpack(theta)
+        logits = z @ coef + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        probabilities = np.exp(logits - log_norm)
+        loss = -np.sum(weights * np.sum(onehot * (logits - log_norm), axis=1))
+        residual = c * weights[:, None] * (probabilities - onehot)
+        value = 0.5 * np.sum(coef * coef) + c * loss
+        grad_coef = z.T @ residual + coef
+        return value, np.concatenate([grad_coef.ravel(), residual.sum(axis=0)])
+
+    theta = _lbfgs(objective, d * k + k, init)
+    coef, bias = unpack(theta)
+    return coef, bias, theta
+
+
+def _logistic(solver: _Solver, c):
+    y = solver.y.astype(np.int64)
     n_classes = int(y.max()) + 1
     present = np.unique(y)
-    model = LogisticRegression(C=c, max_iter=MAX_ITER, class_weight=class_weight)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence warnings at tiny C; the iteration cap is generous
-        model.fit(z, y)
-    kernel = np.zeros((z.shape[1], n_classes))
-    bias = np.full(n_classes, -1e4)  # a class absent from this fold's training data is never predicted
-    if len(present) == 2:  # scikit-learn keeps one column, the log-odds of the second class
-        kernel[:, present[1]] = model.coef_[0]
-        bias[present[0]], bias[present[1]] = 0.0, model.intercept_[0]
-    else:
-        kernel[:, present] = model.coef_.T
-        bias[present] = model.intercept_
-    return kernel, bias
+    weights = _sample_weights(y, solver.class_weight)
+    kernel = np.zeros((solver.z.shape[1], n_classes))
+    bias_out = np.full(n_classes, -1e4)  # a class absent from this fold's training data is never predicted
+    if len(present) == 2:  # scikit-learn's binary form: one weight vector, the log-odds of the second class
+        coef, bias, solver.warm["binary"] = _binary_fit(solver.coordinates, (y == present[1]).astype(np.float64), c,
+                                                        weights, solver.warm.get("binary"))
+        kernel[:, present[1]] = solver.lift(coef)
+        bias_out[present[0]], bias_out[present[1]] = 0.0, bias
+        return kernel, bias_out
+    onehot = np.eye(n_classes)[y][:, present]
+    coef, bias, solver.warm["softmax"] = _softmax_fit(solver.coordinates, onehot, c, weights, solver.warm.get("softmax"))
+    kernel[:, present] = solver.lift(coef)
+    bias_out[present] = bias
+    return kernel, bias_out
 
 
-def _binary_column(z, y, c, class_weight):
-    from sklearn.linear_model import LogisticRegression
+def _binary_fit(z, t, c, weights, init=None):
+    """Binary logistic regression, 1/2 |w|^2 + C sum_i w_i log-loss_i, the intercept unpenalised (in the
+    examples' span when N < D, like `_softmax_fit`)."""
+    n, d = z.shape
 
-    y = y.astype(np.int64)
+    def objective(theta):
+        coef, bias = theta[:-1], theta[-1]
+        margin = z @ coef + bias
+        loss = np.sum(weights * (np.logaddexp(0.0, margin) - t * margin))
+        residual = c * weights * (1.0 / (1.0 + np.exp(-margin)) - t)
+        value = 0.5 * coef @ coef + c * loss
+        grad = z.T @ residual + coef
+        return value, np.concatenate([grad, [residual.sum()]])
+
+    theta = _lbfgs(objective, d + 1, init)
+    return theta[:-1], float(theta[-1]), theta
+
+
+def _binary_column(solver: _Solver, column: int, c):
+    y = solver.y[:, column].astype(np.int64)
     if y.min() == y.max():  # a label always or never on in these examples: a constant score
-        return np.zeros(z.shape[1]), (8.0 if y[0] else -8.0)
-    model = LogisticRegression(C=c, max_iter=MAX_ITER, class_weight=class_weight)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(z, y)
-    return model.coef_[0], float(model.intercept_[0])
+        return np.zeros(solver.z.shape[1]), (8.0 if y[0] else -8.0)
+    weights = _sample_weights(y, solver.class_weight)
+    coef, bias, solver.warm[column] = _binary_fit(solver.coordinates, y.astype(np.float64), c, weights,
+                                                  solver.warm.get(column))
+    return solver.lift(coef), bias
 
 
 def _ridge(z, y, alpha):
