@@ -309,7 +309,7 @@ def test_missing_run_files_name_the_fix(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"task": "detection"}, "unknown task: use one of classification, multilabel, regression"),
-    ({"input": {"kind": "audio"}}, "'input' must be"),
+    ({"input": {"kind": "video"}}, "'input' must be"),
     ({"input": {"kind": "image", "image_size": [16]}}, "image_size' must be \\[height, width\\]"),
 ])
 def test_bad_config_is_one_line_error(image_export, tmp_path, change, message):

@@ -52,7 +52,7 @@ def test_feature_cache_computes_each_split_once_and_reuses_it(colour_folder, col
 
 
 def test_cached_head_predicts_like_the_whole_model(colour_folder, tmp_path):
-    trainer, *_ = fit(make_recipe(colour_folder, tmp_path / "run"))
+    trainer, *_ = fit(make_recipe(colour_folder, tmp_path / "run", "data.cross_validate_below=0"))
     assert trainer.uses_feature_cache()
     examples = trainer.splits.validation
     whole = trainer.model.predict(trainer.dataset(examples, False, targets=False), verbose=0)

@@ -39,7 +39,8 @@ def test_run_directory_holds_every_artifact_and_a_reloadable_model(colour_folder
         return predictions["evaluation"]
 
     monkeypatch.setattr(Trainer, "predict", spy)
-    recipe = make_recipe(colour_folder, tmp_path / "run", "schedule.strategy=fine_tuning", "schedule.epochs=2",
+    recipe = make_recipe(colour_folder, tmp_path / "run", "schedule.strategy=fine_tuning", "schedule.lp_ft=false",
+                         "schedule.epochs=2",
                          f"data.test={colour_test_folder}", "callbacks.checkpoint=true",
                          "callbacks.tensorboard=true", "name=colours")
     result = train(recipe, verbose=0)
@@ -107,11 +108,13 @@ def test_best_checkpoint_is_not_replaced_by_a_worse_later_stage(tmp_path):
 
 
 @pytest.mark.parametrize("task, overrides, outputs, metric", [
-    ("multilabel", ["data.label_column=tags", "schedule.strategy=fine_tuning"], 4, "subset_accuracy"),
+    ("multilabel", ["data.label_column=tags", "schedule.strategy=fine_tuning", "schedule.lp_ft=false"], 4,
+     "subset_accuracy"),
     ("regression", ["data.label_column=[brightness, redness]"], 2, "r2"),
 ], ids=["multilabel", "regression"])
 def test_multilabel_and_regression_train_end_to_end(image_table, tmp_path, task, overrides, outputs, metric):
-    recipe = make_recipe(image_table, tmp_path / "run", f"task={task}", "data.path_column=path", *overrides)
+    recipe = make_recipe(image_table, tmp_path / "run", f"task={task}", "data.path_column=path",
+                         "data.cross_validate_below=0", *overrides)
     result = train(recipe, verbose=0)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["num_samples"] == 5 and isinstance(metrics[metric], float)
@@ -124,7 +127,7 @@ def test_multilabel_and_regression_train_end_to_end(image_table, tmp_path, task,
 def test_text_recipe_fine_tunes_a_tiny_bert(text_csv, tmp_path, without_recipe_classes):
     recipe = parse_recipe({
         "backbone": TINY_BERT, "data": {"train": str(text_csv), "validation_split": 0.25, "batch_size": 8},
-        "schedule": {"strategy": "fine_tuning", "epochs": 1, "learning_rate": 0.01},
+        "schedule": {"strategy": "fine_tuning", "lp_ft": False, "epochs": 1, "learning_rate": 0.01},
         "callbacks": {"tensorboard": False}, "output_dir": str(tmp_path / "run")})
     trainer, history, (before, after), _ = fit(recipe)
     assert any(key.startswith("transformer_layer_0/") for key in changed(before, after))
@@ -142,7 +145,7 @@ def test_text_recipe_fine_tunes_a_tiny_bert(text_csv, tmp_path, without_recipe_c
 def test_resume_continues_an_interrupted_run_where_it_stopped(colour_folder, tmp_path):
     raw = {"backbone": TINY_CNN, "output_dir": str(tmp_path / "run"),
            "data": {"train": str(colour_folder), "validation_split": 0.25, "image_size": [32, 32], "batch_size": 8},
-           "schedule": {"strategy": "fine_tuning", "epochs": 4},
+           "schedule": {"strategy": "fine_tuning", "lp_ft": False, "epochs": 4},
            "callbacks": {"tensorboard": False, "checkpoint": False}}
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(raw))
@@ -204,7 +207,7 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(colour_folder, tmp_path):
         from training_helpers import changed, fit, make_recipe
 
         trainer, history, (before, after), _ = fit(make_recipe(
-            sys.argv[1], sys.argv[2], "distribution=mirrored", "schedule.strategy=fine_tuning"))
+            sys.argv[1], sys.argv[2], "distribution=mirrored", "schedule.strategy=fine_tuning", "schedule.lp_ft=false"))
         print(json.dumps({"replicas": trainer.strategy.num_replicas_in_sync, "epochs": len(history["loss"]),
                           "changed": len(changed(before, after))}))
         """, colour_folder, tmp_path / "run")

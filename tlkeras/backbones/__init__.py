@@ -98,7 +98,8 @@ def build(name, weights: bool = True, data=None, extra_dirs: Sequence[str | os.P
     spec = kind.spec(entry, data)
     network = SOURCE_BUILDERS[entry.source](entry, weights, spec)
     extractor = kind.feature_extractor(entry, network, spec)
-    return Backbone(entry, kind, spec, extractor, kind.preprocessor(entry, weights_handle(entry), spec))
+    preprocessor = kind.preprocessor(entry, weights_handle(entry), spec) if kind.preprocessor_files else None
+    return Backbone(entry, kind, spec, extractor, preprocessor)
 
 
 def load(name: str, weights: bool = True, image_size: Sequence[int] | None = None,
@@ -125,5 +126,7 @@ def load_preprocessor(name: str, sequence_length: int | None = None, extra_dirs=
         return None  # ensembles are of kinds that need no preprocessor (text is refused)
     entry = registry.get(name, extra_dirs)
     kind = inputs.for_entry(entry)
+    if not kind.preprocessor_files:
+        return None
     spec = kind.spec(entry, SimpleNamespace(image_size=(), sequence_length=sequence_length))
     return kind.preprocessor(entry, weights_handle(entry), spec)

@@ -48,6 +48,7 @@ class InputKind:
     """
 
     name: str = ""
+    preprocessor_files: bool = False  # the preprocessor reads the backbone's files (a tokenizer's vocabulary)
     file_extensions: tuple[str, ...] = ()
     table_column: str = ""
     spec_fields: tuple[str, ...] = ()

@@ -210,7 +210,8 @@ class ImageKind(InputKind):
         elif len(features.shape) == 3:  # transformer tokens
             from tlkeras.layers import TOKEN_POOLING
 
-            features = TOKEN_POOLING[entry.pooling if entry.pooling in TOKEN_POOLING else "cls"](name="pool")(features)
+            # The class token, or the mean of all tokens for any other pooling.
+            features = TOKEN_POOLING["cls" if entry.pooling == "cls" else "mean"](name="pool")(features)
         return keras.Model(pixels, features, name=entry.name)
 
     def dataset(self, inputs, targets, spec, batch_size, preprocessor=None, shuffle=False, seed=0, augment=None,

@@ -24,6 +24,7 @@ WARMUP_SENTENCES = ("A short example sentence to warm up the model.",
 
 class TextKind(InputKind):
     name = "text"
+    preprocessor_files = True
     table_column = "text"
     spec_fields = ("sequence_length",)
 

@@ -121,7 +121,8 @@ class Trainer:
         # when the augmentation amounts to deterministic views.
         views = self.kind.feature_views(augment) if not recipe.head.hidden_units else None
         self.views = views if views and len(views) > 1 else None
-        self.class_weight_mode = _class_weight_mode(recipe.data.class_weight, self.task.name, splits.train)
+        self.notes: list[str] = []  # what building the trainer decided, for the run's log
+        self.class_weight_mode = _class_weight_mode(recipe.data.class_weight, self.task.name, splits.train, self.notes)
         self.selection: dict = {}  # what model selection tried and kept, for metrics.json and the report
         self.recommendation: list | None = None  # backbone: auto's ranking
         with strategy.scope():
@@ -161,6 +162,11 @@ class Trainer:
                                        data=recipe.data)
         trainer = cls(recipe, splits, backbone, strategy, run, verbose)
         trainer.recommendation = ranking
+        if ranking is not None:
+            best = ranking[0]
+            trainer.notes.append(f"backbone: auto chose {best['name']} (cross-validated probe accuracy "
+                                 f"{best['probe_accuracy']:.4f}, {best['latency_ms']:.1f} ms at batch 1) among "
+                                 f"{sum(r['rank'] is not None for r in ranking)} candidates")
         if any(stage.unfreeze for stage in trainer.stages()):
             backbones.check_supported(entry, "fine_tuning")
         return trainer
@@ -458,8 +464,6 @@ def choose_backbone(recipe: Recipe):
         raise TlkerasError(f"backbone: auto found no backbone that runs here on this data ({reasons}); fetch an offline "
                            "backbone (`tlkeras registry list --offline`) or name one")
     best = ranked.iloc[0]
-    log.info("backbone: auto chose %s (cross-validated probe accuracy %.4f, %.1f ms at batch 1) among %d candidates",
-             best["name"], best["probe_accuracy"], best["latency_ms"], len(ranked))
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     return dataclasses.replace(recipe, backbone=str(best["name"])), rows
 
@@ -481,7 +485,7 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
     with run_log(run.log_file):
         log.info("run %s: training %s on %d examples (%s)", run.path, recipe.backbone, len(trainer.splits.train),
                  recipe.schedule.strategy)
-        for note in trainer.splits.notes:
+        for note in trainer.splits.notes + trainer.notes:
             log.warning("%s", note)
         run.write_start(trainer.recipe.to_dict(), trainer.spec, trainer.labels,
                         data_lib.fingerprint(trainer.splits.train), trainer.splits.skipped)
@@ -533,7 +537,7 @@ def _remove_empty_dirs(root: Path) -> None:
             directory.rmdir()
 
 
-def _class_weight_mode(setting: str, task: str, train) -> str | None:
+def _class_weight_mode(setting: str, task: str, train, notes: list) -> str | None:
     """"balanced" or None, as `data.class_weight` says; "auto" balances classes when the smallest has under
     half the examples of the largest."""
     if task != "classification" or setting == "none":
@@ -543,7 +547,7 @@ def _class_weight_mode(setting: str, task: str, train) -> str | None:
     counts = train.class_counts()
     counts = counts[counts > 0]
     if counts.min() < 0.5 * counts.max():
-        log.info("classes are imbalanced (%d to %d examples): balanced class weights", counts.min(), counts.max())
+        notes.append(f"classes are imbalanced ({counts.min()} to {counts.max()} examples): balanced class weights")
         return "balanced"
     return None
 
