@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from tlkeras.data import load_examples
 
 from tlkeras import datasets
+from tlkeras.data import load_examples
 from tlkeras.errors import TlkerasError
 
 needs_fashion_mnist = pytest.mark.skipif(

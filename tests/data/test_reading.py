@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import save_image
 from tlkeras import inputs
 from tlkeras.data import load_examples
 from tlkeras.errors import TlkerasError

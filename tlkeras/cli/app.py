@@ -54,16 +54,45 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TlkerasError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {_one_line(str(err))}", err=True)
             sys.exit(2)
+        except OSError as err:  # the disk, not the code: full, read-only, a path that vanished
+            where = f" ({err.filename})" if err.filename else ""
+            click.echo(f"error: {err.strerror or err}{where}: check the path, its permissions and the free disk "
+                       "space, then run the command again", err=True)
+            sys.exit(2)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (click's test runner swaps it), not the stream it
+    was created with."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _warning_as_log_line(message, category, filename, lineno, file=None, line=None):
+    logging.getLogger("tlkeras").warning("warning: %s", message)
 
 
 def show_library_log(name: str, fmt: str) -> logging.Logger:
     """Sends logger `name`'s INFO messages to stderr, once: calling it again adds no second handler, and
     the root logger (the user's, when tlkeras runs inside their program) is left alone."""
+    import warnings
+
+    warnings.showwarning = _warning_as_log_line  # one line, into train.log too, not a source excerpt
     logger = logging.getLogger(name)
     if not any(getattr(h, "_tlkeras_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
         handler._tlkeras_cli = True
         logger.addHandler(handler)

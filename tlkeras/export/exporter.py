@@ -171,7 +171,9 @@ def describe_signatures(functions) -> dict[str, dict]:
 
 
 def _check_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name.isdigit() or "\0" in name:
+    from tlkeras.files import is_plain_name
+
+    if not is_plain_name(name):
         raise TlkerasError("model name must be a plain folder name (not a number, no '/', not starting "
                            f"with '.'). Received: name={name!r}")
 

@@ -75,6 +75,12 @@ class InputKind:
                                f"paths are read from {base}): fix the paths. Received: {shown}")
         return resolved
 
+    def prepare_inputs(self, items: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(inputs, notes): `items` as training reads them; a kind may replace an input it cannot decode as it
+        is by a converted copy (images in formats TensorFlow lacks), and says so in a note. Defaults to the
+        items unchanged."""
+        return list(items), []
+
     # ------------------------------------------------------------------------------------ input spec
     def spec(self, entry, data) -> InputSpec:
         """InputSpec: the input a recipe trains at, from the backbone's entry and the recipe's `data`."""

@@ -188,13 +188,13 @@ class Trainer:
         if not self.entry.layer_groups and any(s.unfreeze not in (0, "all") for s in self.stages()):
             log.info("backbone %s has no layer groups in its catalog entry: unfreezing counts the whole backbone "
                      "as one group", self.entry.name)
+        from tlkeras.recipes.resume import restore_stages
+
+        state = restore_stages(self.model, self.run, [s.epochs for s in self.stages()])
         if self.uses_feature_cache():
             return self._fit_on_cached_features()
         from tlkeras.recipes.freezing import apply_stage
 
-        state = self._state()
-        if state["stages_done"]:
-            self.model.load_weights(self.run.stage_checkpoint(state["stages_done"] - 1))
         train_ds = self.dataset(self.splits.train, training=True)
         val_ds = self.dataset(self.splits.validation, training=False) if self.splits.validation else None
         history: dict = {}
@@ -334,7 +334,9 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
     start = time.perf_counter()
     # Build before creating the run folder, so bad data or an unknown backbone leaves nothing behind.
     trainer = Trainer.from_recipe(recipe, verbose=verbose)
-    run = RunDir.for_resume(recipe.output_dir) if resume else RunDir.create(recipe.output_dir)
+    from tlkeras.recipes.resume import open_run
+
+    run = open_run(recipe, resume, data_lib.fingerprint(trainer.splits.train))
     trainer.run = run
     with run_log(run.log_file):
         log.info("run %s: training %s on %d examples (%s)", run.path, recipe.backbone, len(trainer.splits.train),
@@ -350,7 +352,7 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
         metrics = trainer.evaluate(seconds)
         run.write_state({**run.state(), "finished": True})
         log.info("done in %.1f s; metrics in %s", seconds, run.metrics_file)
-    _remove_empty_dirs(run.path / "backup")  # BackupAndRestore empties its folders on success
+    run.remove_backups()
     return RunResult(run.path, metrics, history, seconds)
 
 
@@ -368,12 +370,6 @@ def run_log(path: Path):
         log.removeHandler(handler)
         log.setLevel(level)
         handler.close()
-
-
-def _remove_empty_dirs(root: Path) -> None:
-    for directory in sorted(root.glob("**/"), key=lambda p: len(p.parts), reverse=True):
-        if directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
 
 
 def _steps(n: int, batch_size: int) -> int:
