@@ -67,9 +67,11 @@ def serve_and_predict(fashion: dict) -> None:
 
 
 def summary() -> None:
+    from tlkeras.run_dir import resolve
+
     print("\nTest-set results")
     for recipe in RECIPES:
-        run_dir = REPO / "runs" / Path(recipe).stem
+        run_dir = resolve(REPO / "runs" / Path(recipe).stem)  # the latest numbered run
         metrics = json.loads((run_dir / "metrics.json").read_text())
         print(f"  {Path(recipe).stem:<24} accuracy {metrics['accuracy']:.3f}  macro F1 {metrics['f1_macro']:.3f}  "
               f"on {metrics['num_samples']} {metrics['split']} examples  "

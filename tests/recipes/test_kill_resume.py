@@ -107,7 +107,7 @@ def test_a_run_killed_at_fifteen_moments_resumes_to_the_unkilled_result(tmp_path
     assert pd.read_csv(reference_run / "history.csv")["epoch"].tolist() == list(range(EPOCHS))
     log = (run / "train.log").read_text()
     assert "Traceback" not in log
-    for note in ["does not match its recorded sha256", "history.csv: removed the rows of epochs",
+    for note in ["does not match its recorded sha256", "history.csv: removed the rows of epoch",
                  "resuming after 6 finished epochs"]:
         assert note in log, note
     assert json.loads((run / "state.json").read_text()) == {"stages_done": 2, "epochs_done": EPOCHS,

@@ -50,6 +50,21 @@ class _LazyGroup(click.Group):
             raise click.UsageError(f"no such command '{args[0]}'{hint}")
         return super().resolve_command(ctx, args)
 
+    def main(self, *args, **kwargs):
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        try:
+            value = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.ClickException as err:  # usage errors, bad option values: one line, as for the rest
+            where = getattr(err, "ctx", None)
+            hint = f" (see '{where.command_path} --help')" if where is not None else ""
+            click.echo(f"error: {_one_line(err.format_message())}{hint}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(value if isinstance(value, int) else 0)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

@@ -99,8 +99,13 @@ def file_problem(path: str) -> str | None:
                 if image_format == "JPEG":
                     image.draft(image.mode, (1, 1))
                 image.load()
-    except Image.DecompressionBombError as error:
-        return f"{error} Resize it below {MAX_PIXELS / 1e6:.0f} megapixels"
+    except Image.DecompressionBombError as error:  # PIL refuses to open it at all: it gives only the pixel count
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "its size"
+        return (f"{size} is over the {MAX_PIXELS / 1e6:.0f} megapixel limit (a decompression bomb, or a huge "
+                f"scan): resize it")
     except PermissionError:
         return "cannot be read (permission denied): make it readable (chmod +r) or remove it"
     except Exception as error:  # any failure means the file cannot be trained on

@@ -51,6 +51,9 @@ def add_local(
     Example:
     >>> add_local("my_model.keras", name="my_model", input_size=(160, 160))
     """
+    if not files.is_plain_name(name):
+        raise CatalogError(f"--name must be a plain name (no '/', not starting with '.', not a number), e.g. my_net; "
+                           f"it names the entry's file. Received: name={name!r}")
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise CatalogError(f"no such file or folder: {path}")
