@@ -35,6 +35,11 @@ def train(recipe, overrides, resume, verbose):
     if config.export:
         _check_creatable(config.export.base_dir, "export folder", "choose another export.base_dir")
     result = recipes.train(config, resume=resume, verbose=verbose)
+    from tlkeras.recipes.distribute import is_chief
+
+    if not is_chief(config.distribution):
+        click.echo("multi-worker run: this worker's copy of the run was discarded; the chief wrote the run")
+        return
     _print_metrics(result.metrics, result.run_dir)
     if config.export:
         from tlkeras.export import export_run

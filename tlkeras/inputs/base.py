@@ -129,8 +129,11 @@ class InputKind:
 
     # ------------------------------------------------------------------------------------- datasets
     def dataset(self, inputs: Sequence[str], targets, spec: InputSpec, batch_size: int, preprocessor=None,
-                shuffle: bool = False, seed: int = 0, augment: Callable | None = None, repeat: bool = False):
-        """tf.data.Dataset: batches of the extractor's inputs (and targets when given)."""
+                shuffle: bool = False, seed: int = 0, augment: Callable | None = None, repeat: bool = False,
+                first_epoch: int | None = None):
+        """tf.data.Dataset: batches of the extractor's inputs (and targets when given). With `first_epoch`, an
+        endless run of epochs from that one on, each in an order fixed by `seed` and its number
+        (`pipeline.epochs`), for `fit(steps_per_epoch=...)`: the same in fresh, resumed and distributed runs."""
         raise NotImplementedError
 
     def augmenter(self, config, seed: int, mix_labels: bool) -> Callable | None:

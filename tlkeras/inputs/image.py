@@ -332,13 +332,21 @@ class ImageKind(InputKind):
         return keras.Model(pixels, features, name=entry.name)
 
     def dataset(self, inputs, targets, spec, batch_size, preprocessor=None, shuffle=False, seed=0, augment=None,
-                repeat=False):
+                repeat=False, first_epoch=None):
         import tensorflow as tf
 
         size = spec.image_size
-        ds = pipeline.shuffled(pipeline.slices([str(p) for p in inputs], targets), len(inputs), shuffle, seed, repeat)
-        ds = pipeline.map_inputs(ds, lambda path: decode(tf.io.read_file(path), size), targets is not None)
-        return pipeline.finish(ds.batch(batch_size), targets is not None, augment)
+        paths = [str(p) for p in inputs]
+
+        def batches(ds):
+            ds = pipeline.map_inputs(ds, lambda path: decode(tf.io.read_file(path), size), targets is not None)
+            return ds.batch(batch_size)
+
+        if first_epoch is not None:
+            return pipeline.finish(pipeline.epochs(paths, targets, seed, first_epoch, batches), targets is not None,
+                                   augment)
+        ds = pipeline.shuffled(pipeline.slices(paths, targets), len(inputs), shuffle, seed, repeat)
+        return pipeline.finish(batches(ds), targets is not None, augment)
 
     def augmenter(self, config, seed, mix_labels):
         if not config.enabled():

@@ -54,6 +54,25 @@ def is_chief(name: str) -> bool:
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config["cluster"])
 
 
+def _multi_worker_strategy():
+    import tensorflow as tf
+
+    class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        """MultiWorkerMirroredStrategy whose `reduce` takes what Keras 3's fit gives it (keras-team/keras#20585):
+        a nested (inputs, targets) batch, as MirroredStrategy's does, and scalar logs with `axis=0`."""
+
+        def reduce(self, reduce_op, value, axis):
+            parent = super()
+
+            def one(v):
+                rank = self.experimental_local_results(v)[0].shape.rank
+                return parent.reduce(reduce_op, v, None if rank == 0 else axis)
+
+            return tf.nest.map_structure(one, value)
+
+    return MultiWorkerStrategy()
+
+
 def make_strategy(name: str):
     """Returns the strategy for `name`: "none", "mirrored", "multi_worker" or "tpu".
 
@@ -74,7 +93,8 @@ def make_strategy(name: str):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        cluster_config()  # a malformed TF_CONFIG fails here with one line, not deep in TensorFlow
+        return _multi_worker_strategy()
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver()

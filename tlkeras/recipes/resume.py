@@ -12,8 +12,10 @@ where its iterator starts).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -99,8 +101,11 @@ class EpochBackup(keras.callbacks.Callback):
         self.directory = Path(directory)
         self.history = history
         self.keep = keep
+        self.restored = False  # set by `restore_epoch`, which restores before fit to pick fit's first epoch
 
     def on_train_begin(self, logs=None):
+        if self.restored:
+            return
         epoch = self.restore()
         if epoch is not None:
             # How Keras's own BackupAndRestore moves fit's first epoch: fit reads it after on_train_begin.
@@ -193,6 +198,27 @@ class EpochBackup(keras.callbacks.Callback):
         return record, None
 
 
+def restore_epoch(model, callbacks: list, default: int) -> int:
+    """int: the epoch a stage's fit starts at: after the newest good backup among `callbacks` (loaded into
+    `model` now, so the data pipeline can start at that epoch), else `default`, the stage's first epoch.
+
+    Example:
+    >>> first = restore_epoch(model, callbacks, stage_start)
+    >>> model.fit(epochs_from(first), initial_epoch=first, epochs=stage_end, callbacks=callbacks)
+    """
+    for callback in callbacks:
+        if isinstance(callback, EpochBackup):
+            callback.set_model(model)
+            if callback.history is not None:
+                callback.history.set_model(model)
+                callback.history.on_train_begin()  # its rows, for the backup to cut back or repair
+            epoch = callback.restore()
+            callback.restored = True
+            if epoch is not None:
+                return max(epoch, default)
+    return default
+
+
 def restore_stages(model, run: RunDir | None, stage_epochs: list[int]) -> dict:
     """dict: the run's state (`stages_done`, `epochs_done`), after loading the checkpoint of its last
     finished stage into `model`. A checkpoint that does not open falls back to the stage before, or to
@@ -261,7 +287,9 @@ def open_run(recipe, resume: bool, data_fingerprint: str) -> RunDir:
         raise TlkerasError("--resume does not support distribution: multi_worker (each worker would need the "
                            "chief's backups): drop --resume to start a new run")
     if not distribute.is_chief(recipe.distribution):
-        return RunDir.create(tempfile.mkdtemp(prefix="tlkeras-worker-"))
+        scratch = tempfile.mkdtemp(prefix="tlkeras-worker-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        return RunDir.create(scratch)
     if not resume:
         return RunDir.create(recipe.output_dir)
     run = RunDir.for_resume(recipe.output_dir)
@@ -353,4 +381,4 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
-__all__ = ["EpochBackup", "EpochHistory", "open_run", "restore_stages", "weights_file_problem"]
+__all__ = ["EpochBackup", "EpochHistory", "open_run", "restore_epoch", "restore_stages", "weights_file_problem"]

@@ -145,14 +145,16 @@ class Trainer:
         return self.backbone.extractor
 
     # -------------------------------------------------------------------------------------- datasets
-    def dataset(self, examples, training: bool, targets: bool = True, batch_size: int | None = None):
-        """A tf.data pipeline of the extractor's inputs (and targets) for `examples`."""
+    def dataset(self, examples, training: bool, targets: bool = True, batch_size: int | None = None,
+                first_epoch: int | None = None):
+        """A tf.data pipeline of the extractor's inputs (and targets) for `examples`; with `first_epoch`, the
+        endless training epochs from that one on (see `InputKind.dataset`)."""
         cfg = self.recipe.data
         y = self.targets(examples) if targets else None
         return self.kind.dataset(
             examples.inputs, y, self.spec, batch_size or (cfg.batch_size if training else cfg.inference_batch_size),
             preprocessor=self.backbone.preprocessor, shuffle=training, seed=self.recipe.seed,
-            augment=self.augment if training and targets else None)
+            augment=self.augment if training and targets else None, first_epoch=first_epoch)
 
     def targets(self, examples) -> np.ndarray:
         """np.ndarray: `examples`' targets in the form the compiled loss expects."""
@@ -188,14 +190,13 @@ class Trainer:
         if not self.entry.layer_groups and any(s.unfreeze not in (0, "all") for s in self.stages()):
             log.info("backbone %s has no layer groups in its catalog entry: unfreezing counts the whole backbone "
                      "as one group", self.entry.name)
-        from tlkeras.recipes.resume import restore_stages
+        from tlkeras.recipes.resume import restore_epoch, restore_stages
 
         state = restore_stages(self.model, self.run, [s.epochs for s in self.stages()])
         if self.uses_feature_cache():
             return self._fit_on_cached_features()
         from tlkeras.recipes.freezing import apply_stage
 
-        train_ds = self.dataset(self.splits.train, training=True)
         val_ds = self.dataset(self.splits.validation, training=False) if self.splits.validation else None
         history: dict = {}
         epoch = state["epochs_done"]
@@ -208,10 +209,13 @@ class Trainer:
                      index, stage.epochs, len(trainable), stage.learning_rate)
             self.compile(self.model, stage, steps=_steps(len(self.splits.train), self.recipe.data.batch_size))
             recalibrate = stage.train_batchnorm and self.recipe.schedule.recalibrate_batchnorm
-            # shuffle=False: the tf.data pipeline already reshuffles every epoch.
-            result = self.model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, shuffle=False,
-                                    epochs=epoch + stage.epochs, verbose=self.verbose,
-                                    callbacks=self._callbacks(index, val_ds is not None, recalibrate))
+            callbacks = self._callbacks(index, val_ds is not None, recalibrate)
+            first = restore_epoch(self.model, callbacks, epoch)  # after the stage's newest good backup, if any
+            # Epoch k's data order depends only on the seed and k, so resumed and distributed runs see the same.
+            train_ds = self.dataset(self.splits.train, training=True, first_epoch=first)
+            result = self.model.fit(train_ds, validation_data=val_ds, initial_epoch=first, shuffle=False,
+                                    steps_per_epoch=_steps(len(self.splits.train), self.recipe.data.batch_size),
+                                    epochs=epoch + stage.epochs, verbose=self.verbose, callbacks=callbacks)
             _merge(history, result.history)
             epoch += stage.epochs
             if recalibrate:
