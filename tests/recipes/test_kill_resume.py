@@ -115,8 +115,9 @@ def test_a_run_killed_at_fifteen_moments_resumes_to_the_unkilled_result(tmp_path
     assert not (run / "backup").exists()
     assert not [p for p in run.rglob(".*") if ".tmp" in p.name], "temporary files left behind"
 
-    # The data order of resumed epochs differs (tf.data reshuffles from where its iterator starts), so the
-    # result matches within tolerance, not bit for bit.
+    # A resumed epoch sees the same batches (epoch k's order depends only on the seed and k), the same
+    # optimizer state and the same Dropout state as in the unkilled run: the result is the same up to float
+    # rounding.
     metrics, expected = (json.loads((r / "metrics.json").read_text()) for r in (run, reference_run))
     deltas = {key: abs(metrics[key] - expected[key]) for key in ("accuracy", "f1_macro", "log_loss")
               if isinstance(expected.get(key), float)}
@@ -125,5 +126,6 @@ def test_a_run_killed_at_fifteen_moments_resumes_to_the_unkilled_result(tmp_path
     weights = max(float(np.abs(a - b).max()) for a, b in zip(_weights(run / "model.keras"),
                                                               _weights(reference_run / "model.keras"), strict=True))
     print(f"deltas against the unkilled run: {deltas}; largest weight difference {weights:.4g}")
-    assert deltas["accuracy"] <= 1 / 6 + 1e-9, deltas  # at most one of the 6 test images
-    assert deltas["val_loss"] <= 0.25, deltas
+    assert deltas["accuracy"] == 0 and deltas["f1_macro"] == 0, deltas
+    assert deltas["val_loss"] < 1e-5 and deltas["log_loss"] < 1e-5, deltas
+    assert weights < 1e-4, weights

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -44,11 +45,21 @@ def cached_features(key: str, compute: Callable[[], np.ndarray], cache_dir: Path
     directory = Path(cache_dir or paths.features_dir())
     target = directory / f"{key}.npy"
     if target.exists():
-        return np.load(target)
+        try:
+            return np.load(target)
+        except (OSError, ValueError, EOFError) as err:  # a disk error, or a file of another tlkeras
+            logging.getLogger("tlkeras").warning("the feature cache file %s is unreadable (%s); computing the "
+                                                 "features again", target.name, err)
     features = compute()
     directory.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
-    with os.fdopen(handle, "wb") as stream:
-        np.save(stream, features)
-    os.replace(tmp, target)
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".npy.tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, features)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return features

@@ -240,6 +240,7 @@ def restore_stages(model, run: RunDir | None, stage_epochs: list[int]) -> dict:
         if problem is None:
             try:
                 model.load_weights(path)
+                _continue_random_state(model, run.backup_dir(done - 1), sum(stage_epochs[:done]))
                 break
             except Exception as err:  # noqa: BLE001 - any failure means: fall back a stage
                 _restore_snapshot(model, initial)
@@ -253,8 +254,20 @@ def restore_stages(model, run: RunDir | None, stage_epochs: list[int]) -> dict:
         state = {"stages_done": done, "epochs_done": epochs, "finished": False}
         run.write_state(state)
         run.remove_backups(range(done + 1, len(stage_epochs)))  # they continued from the lost checkpoint
-    run.remove_backups(range(done))  # finished stages never use theirs again
+    # Finished stages never train again; the last one's final backup still gives the next its Dropout state.
+    run.remove_backups(range(done - 1))
     return {**state, "stages_done": done, "epochs_done": int(state.get("epochs_done") or 0)}
+
+
+def _continue_random_state(model, backup_dir: Path, epoch: int) -> None:
+    """Gives `model` the layers' random state of the backup taken at `epoch` (a finished stage's last), so a
+    stage started again from its checkpoint draws the Dropout masks the uninterrupted run drew."""
+    backup = EpochBackup(backup_dir)
+    if epoch not in backup.records():
+        return
+    record, problem = backup._check(epoch)
+    if problem is None and record.get("random_state") is not None:
+        _set_random_state(model, record["random_state"])
 
 
 def weights_file_problem(path: Path) -> str | None:
