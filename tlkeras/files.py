@@ -70,7 +70,50 @@ def atomic_path(path: str | os.PathLike):
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
+        if tmp.is_file():  # libraries close their files but rarely sync them
+            with open(tmp, "rb") as stream:
+                os.fsync(stream.fileno())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """True for the temporary files `write_bytes` and `atomic_path` leave behind when a process is killed
+    mid-write (a leading dot and `.tmp` in the name): stale once no writer runs."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp" in name
+
+
+def writable_dir(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """Path: `path` as a folder that exists (created if missing) and can be written to.
+
+    Args:
+        path: str. The folder.
+        what: str. What the folder is for, for the message (e.g. "output folder").
+        fix: str. How to choose another, for the message (e.g. "--set output_dir=runs/new").
+
+    Raises:
+        TlkerasError: it cannot be created or written (a file in the way, no permission, read-only disk).
+    """
+    from tlkeras.errors import TlkerasError
+
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise TlkerasError(f"cannot create the {what} {path}: a file of that name is in the way; {fix}. "
+                           f"Received: {path}") from None
+    except OSError as err:
+        raise TlkerasError(f"cannot create the {what} {path} ({err.strerror}); {fix}. Received: {path}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TlkerasError(f"cannot write into the {what} {path} (permission denied); {fix}. Received: {path}")
+    return path
+
+
+def is_plain_name(name: str) -> bool:
+    """bool: whether `name` is a single folder name that stays inside its parent: not empty, no path
+    separator, no leading dot (so neither "." nor ".."), not a number (numbers name versions and runs)."""
+    return bool(name) and not ("/" in name or "\\" in name or "\0" in name or name.startswith(".")
+                               or name.isdigit() or name != name.strip())

@@ -21,6 +21,11 @@ def features_dir() -> Path:
     return home() / "features"
 
 
+def converted_dir() -> Path:
+    """Images converted to PNG because TensorFlow cannot decode their format, keyed by content hash."""
+    return home() / "converted"
+
+
 def data_dir() -> Path:
     """Datasets fetched from package registries (`tlkeras.datasets`)."""
     return home() / "data"

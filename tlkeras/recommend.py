@@ -131,8 +131,7 @@ def recommend(data, *, domain: str | None = None, task: str = "classification", 
 
 
 def _prepared(kind, examples):
-    items, notes = kind.prepare(examples.inputs)
-    examples.inputs = items
+    notes = list(examples.notes)  # what reading converted or skipped
     ok, bad = kind.check(examples.inputs, skip=True)
     if bad:
         notes.append(f"skipped {len(bad)} unreadable inputs")

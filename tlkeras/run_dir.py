@@ -24,8 +24,11 @@ Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +94,8 @@ class RunDir:
             TlkerasError: `output_dir` exists and holds something else than tlkeras runs, or cannot be
                 created.
         """
-        output_dir = Path(output_dir)
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TlkerasError(f"cannot create the output folder {output_dir} ({err.strerror}): choose another "
-                               f"output_dir (e.g. --set output_dir=runs/new)") from None
+        output_dir = files.writable_dir(output_dir, "output folder",
+                                        "choose another output_dir (e.g. --set output_dir=runs/new)")
         if _is_legacy_run(output_dir):
             raise TlkerasError(f"{output_dir} holds a run of an older tlkeras, which this run must not overwrite: "
                                f"choose another output_dir (e.g. --set output_dir=runs/new)")
@@ -123,21 +122,23 @@ class RunDir:
 
     @classmethod
     def for_resume(cls, output_dir: str | os.PathLike) -> RunDir:
-        """RunDir: the latest run of `output_dir`, which must be unfinished.
+        """RunDir: the latest run of `output_dir`, which must be unfinished, cleared of the temporary files
+        a kill mid-write leaves. A run killed before it wrote state.json resumes from its start.
 
         Raises:
             TlkerasError: no run to resume, or the latest one finished.
         """
         output_dir = Path(output_dir)
-        try:
-            run = cls(resolve(output_dir))
-        except TlkerasError:
-            raise TlkerasError(f"nothing to resume in {output_dir}: drop --resume to start a new run") from None
-        if not run.state_file.is_file():
-            raise TlkerasError(f"nothing to resume in {run.path}: it has no state.json; drop --resume to start a "
-                               "new run")
+        latest = output_dir / LATEST
+        if latest.is_symlink() and latest.resolve().is_dir():
+            run = cls(latest.resolve())
+        elif numbered_runs(output_dir):
+            run = cls(output_dir / str(numbered_runs(output_dir)[-1]))
+        else:
+            raise TlkerasError(f"nothing to resume in {output_dir}: drop --resume to start a new run")
         if run.state().get("finished"):
             raise TlkerasError(f"the latest run {run.path} finished; drop --resume to start a new run")
+        run.remove_temporaries()
         return run
 
     # ---------------------------------------------------------------------------------------- paths
@@ -158,8 +159,10 @@ class RunDir:
     model_file = property(lambda self: self.path / "model.keras")
     metrics_file = property(lambda self: self.path / "metrics.json")
 
+    backups_dir = property(lambda self: self.path / "backup")
+
     def backup_dir(self, stage: int) -> Path:
-        return self.path / "backup" / f"stage_{stage}"
+        return self.backups_dir / f"stage_{stage}"
 
     def stage_checkpoint(self, stage: int) -> Path:
         return self.checkpoints_dir / f"stage_{stage}.weights.h5"
@@ -186,6 +189,29 @@ class RunDir:
 
     def write_state(self, state: dict) -> None:
         files.write_json(self.state_file, state)
+
+    def history(self) -> list[dict]:
+        """list of dict: history.csv's rows, one per epoch (see `read_history`)."""
+        return read_history(self.history_csv)
+
+    def write_history(self, rows: list[dict]) -> None:
+        write_history(self.history_csv, rows)
+
+    def remove_backups(self, stages=None) -> None:
+        """Deletes the epoch backups of `stages` (all by default): once a stage's checkpoint is written, or
+        the run finished, they are obsolete."""
+        targets = [self.backups_dir] if stages is None else [self.backup_dir(s) for s in stages]
+        for target in targets:
+            shutil.rmtree(target, ignore_errors=True)
+        if self.backups_dir.is_dir() and not any(self.backups_dir.iterdir()):
+            self.backups_dir.rmdir()
+
+    def remove_temporaries(self) -> list[Path]:
+        """list of Path: removes the temporary files of writes a kill interrupted (never a finished file)."""
+        stale = [p for p in self.path.rglob(".*") if p.is_file() and files.is_temporary(p)]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     # -------------------------------------------------------------------------------------- reading
     def check_complete(self) -> None:
@@ -254,6 +280,49 @@ class RunDir:
 
     def data_fingerprint(self) -> str | None:
         return self.fingerprint_file.read_text().strip() if self.fingerprint_file.is_file() else None
+
+
+def read_history(path: Path) -> list[dict]:
+    """list of dict: the rows of a history.csv, each with an int `epoch` and its logged values as floats,
+    sorted by epoch with one row per epoch (the last one written wins). A missing file has no rows; rows
+    whose epoch is not a number (a line cut by a kill in an older tlkeras) are dropped."""
+    try:
+        with open(path, newline="") as stream:
+            raw = list(csv.DictReader(stream))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    rows: dict[int, dict] = {}
+    for row in raw:
+        try:
+            epoch = int(float(row.get("epoch") or ""))
+        except ValueError:
+            continue
+        rows[epoch] = {"epoch": epoch, **{k: _number(v) for k, v in row.items() if k and k != "epoch"}}
+    return [rows[e] for e in sorted(rows)]
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    """Writes history.csv atomically: `epoch` first, then every other column in sorted order (as Keras's
+    CSVLogger does), one row per epoch."""
+    if not rows:  # no epoch trained (yet): no history, rather than a file without a header
+        Path(path).unlink(missing_ok=True)
+        return
+    columns = sorted({key for row in rows for key in row if key != "epoch"})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ["epoch", *columns], restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in sorted(rows, key=lambda r: r["epoch"]):
+        writer.writerow(row)
+    files.write_text(path, buffer.getvalue())
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
 
 
 def next_number(output_dir: Path) -> int:

@@ -38,7 +38,7 @@ def registry_group():
               help="Only backbones tlkeras can use this way (some catalog entries cannot load yet).")
 @click.option("--sort", help="Column to sort by (numbers descending), e.g. params or accuracy.")
 @click.option("--ascending/--descending", default=None, help="Override the sort direction.")
-@click.option("--limit", type=int, help="Show at most N rows.")
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most N rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 @registry_dir_option
 def list_cmd(domain, task, source, max_params, min_accuracy, license_, offline, search, name, supports, sort,

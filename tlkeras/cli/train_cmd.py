@@ -31,7 +31,15 @@ def train(recipe, overrides, resume, verbose):
     from tlkeras import recipes
 
     config = recipes.load_recipe(recipe, list(overrides))
+    _check_creatable(config.output_dir, "output folder", "choose another output_dir (e.g. --set output_dir=runs/new)")
+    if config.export:
+        _check_creatable(config.export.base_dir, "export folder", "choose another export.base_dir")
     result = recipes.train(config, resume=resume, verbose=verbose)
+    from tlkeras.recipes.distribute import is_chief
+
+    if not is_chief(config.distribution):
+        click.echo("multi-worker run: this worker's copy of the run was discarded; the chief wrote the run")
+        return
     _print_metrics(result.metrics, result.run_dir)
     if config.export:
         from tlkeras.export import export_run
@@ -58,22 +66,47 @@ def evaluate(run_dir, data, out_dir):
 @click.command("lr-find")
 @click.argument("recipe", type=click.Path())
 @set_option
-@click.option("--steps", type=int, default=100, show_default=True)
-@click.option("--start", type=float, default=1e-6, show_default=True)
-@click.option("--end", type=float, default=1.0, show_default=True)
+@click.option("--steps", type=click.IntRange(2, 100000), default=100, show_default=True)
+@click.option("--start", type=click.FloatRange(0, 10, min_open=True), default=1e-6, show_default=True)
+@click.option("--end", type=click.FloatRange(0, 10, min_open=True), default=1.0, show_default=True)
 def lr_find(recipe, overrides, steps, start, end):
     """Learning-rate range test: suggests a learning rate and saves lr_find.png into OUTPUT_DIR/lr_find/<N>
     (never into a run)."""
+    if start >= end:
+        raise click.BadParameter(f"--start must be below --end, e.g. --start 1e-6 --end 1. Received: --start {start} "
+                                 f"--end {end}", param_hint="--start")
     _quiet_tensorflow()
     from tlkeras import recipes
     from tlkeras.recipes.evaluate import _next_folder
     from tlkeras.recipes.lr_find import lr_find as run_range_test
 
     config = recipes.load_recipe(recipe, list(overrides))
+    _check_creatable(config.output_dir, "output folder", "choose another output_dir (e.g. --set output_dir=runs/new)")
     trainer = recipes.Trainer.from_recipe(config, verbose=0)
     out = _next_folder(Path(config.output_dir) / "lr_find")
     result = run_range_test(trainer, out, start=start, end=end, steps=steps)
     click.echo(f"suggested learning rate: {result['suggested_learning_rate']:.3g} (plot: {out / 'lr_find.png'})")
+
+
+def _check_creatable(path: str, what: str, fix: str) -> None:
+    """Fails now, before any training, when `path` could not be created as a folder later."""
+    from tlkeras.errors import TlkerasError
+
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        return
+    if target.exists():
+        raise TlkerasError(f"the {what} {target} is a file, not a folder: {fix}. Received: {target}")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TlkerasError(f"cannot create the {what} {target}: {parent} is a file, not a folder: {fix}. "
+                           f"Received: {target}")
+    import os
+
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TlkerasError(f"cannot create the {what} {target}: {parent} is not writable: {fix}. Received: {target}")
 
 
 def _print_metrics(metrics: dict, where: Path) -> None:

@@ -101,9 +101,10 @@ def _load_folder(folder: Path, task, kind: str | None, labels) -> Examples:
         raise TlkerasError(f"a class folder (one subfolder per class) holds classification data only; for "
                            f"{task.name} use a CSV or Parquet table with a path column. Received: task={task.name!r}, "
                            f"source={folder}")
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    skipped = [p.name for p in entries if _is_os_metadata(p)]
-    entries = [p for p in entries if not _is_os_metadata(p)]
+    everything = sorted(folder.iterdir())
+    skipped = [p.name for p in everything if _is_os_metadata(p)]
+    hidden = [p.name for p in everything if p.name.startswith(".") and not _is_os_metadata(p)]
+    entries = [p for p in everything if not p.name.startswith(".") and not _is_os_metadata(p)]
     class_dirs = [p for p in entries if p.is_dir()]
     stray = [p.name for p in entries if not p.is_dir()]
     if not class_dirs:
@@ -112,7 +113,8 @@ def _load_folder(folder: Path, task, kind: str | None, labels) -> Examples:
     if stray:
         raise TlkerasError(f"{len(stray)} files at the top level of {folder} belong to no class: move them into a "
                            f"class subfolder or delete them. Received: {_first(stray)}")
-    below = {d.name: _files_below(d.absolute(), skipped) for d in class_dirs}
+    loops: list[str] = []
+    below = {d.name: _files_below(d.absolute(), skipped, hidden, loops) for d in class_dirs}
     chosen = _folder_kind(folder, kind, [f for files in below.values() for f in files])
     class_names = _class_names([d.name for d in class_dirs], labels, f"the subfolders of {folder}")
     ids = {name: i for i, name in enumerate(class_names)}
@@ -132,59 +134,151 @@ def _load_folder(folder: Path, task, kind: str | None, labels) -> Examples:
         raise TlkerasError(f"class folders with no {chosen.name} files in {folder}: add files or delete the folders. "
                            f"Received: {_first(empty)}")
     notes = [f"skipped {len(skipped)} OS metadata files in {folder}: {_first(skipped)}"] if skipped else []
-    return Examples(found, np.asarray(targets, np.int64), class_names, chosen.name, str(folder), task.name, notes)
+    if hidden:
+        notes.append(f"skipped {len(hidden)} hidden files or folders (names starting with a dot) in {folder}: "
+                     f"{_first(hidden)}")
+    if loops:
+        notes.append(f"did not follow {len(loops)} symlinks back into a folder already read (a loop) in {folder}: "
+                     f"{_first(loops)}")
+    found, converted = chosen.prepare_inputs(found)
+    return Examples(found, np.asarray(targets, np.int64), class_names, chosen.name, str(folder), task.name,
+                    notes + converted)
 
 
 def _is_os_metadata(path: Path) -> bool:
     name = path.name.lower()
-    return name in (OS_METADATA_DIRS if path.is_dir() else OS_METADATA_FILES)
+    if path.is_dir():
+        return name in OS_METADATA_DIRS
+    return name in OS_METADATA_FILES or name.startswith("._")  # ._x: macOS resource forks on foreign disks
 
 
-def _files_below(folder: Path, skipped: list) -> list[str]:
+def _files_below(folder: Path, skipped: list, hidden: list, loops: list) -> list[str]:
     found = []
+    seen = set()
     for root, dirs, names in os.walk(folder, followlinks=True):
-        skipped += [d for d in dirs if d.lower() in OS_METADATA_DIRS]
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink back into a folder already read: os.walk would loop forever
+            loops.append(root)
+            dirs[:] = []
+            continue
+        seen.add(real)
+        where = os.path.relpath(root, folder.parent)
+        skipped += [os.path.join(where, d) for d in dirs if d.lower() in OS_METADATA_DIRS]
+        hidden += [os.path.join(where, d) for d in dirs if d.startswith(".")]
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d.lower() not in OS_METADATA_DIRS)
         for name in sorted(names):
-            if name.startswith("."):
-                continue
-            if name.lower() in OS_METADATA_FILES:
-                skipped.append(os.path.join(os.path.basename(root), name))
-                continue
-            found.append(os.path.join(root, name))
+            if name.lower() in OS_METADATA_FILES or name.startswith("._"):
+                skipped.append(os.path.join(where, name))
+            elif name.startswith("."):
+                hidden.append(os.path.join(where, name))
+            else:
+                found.append(os.path.join(root, name))
     return found
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """(DataFrame, notes): a CSV / TSV / Parquet file; texts that are not UTF-8 are decoded as Windows-1252
-    or Latin-1, with a note saying so."""
+    """(DataFrame, notes): a CSV / TSV / Parquet file. Texts that are not UTF-8 are decoded as UTF-16 (with a
+    byte-order mark), Windows-1252 or Latin-1, and a CSV whose header splits on ';', tab or '|' but not on
+    ',' is read with that separator, each with a note saying so. Repeated column names raise (pandas would
+    rename them silently)."""
     suffix = path.suffix.lower()
     notes = []
+    _refuse_disguised(path, suffix)
     try:
         if suffix in (".parquet", ".pq"):
             table = pd.read_parquet(path)
+            header = [str(c) for c in table.columns]
         else:
-            table = None
-            for encoding in _TEXT_ENCODINGS:
-                try:
-                    # Only empty cells are missing: a label or a review reading "NA" or "null" is data.
-                    table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False,
-                                        na_values=[""], encoding=encoding)
-                    break
-                except UnicodeDecodeError:
-                    continue
+            encoding = _text_encoding(path)
             if encoding not in ("utf-8", "utf-8-sig"):
                 notes.append(f"{path.name} is not UTF-8; read it as {encoding}")
+            separator = "\t" if suffix == ".tsv" else _separator(path, encoding)
+            if separator not in (",", "\t") or (separator == "\t" and suffix != ".tsv"):
+                notes.append(f"{path.name} separates its columns by {_SEPARATOR_NAMES[separator]}; read it so")
+            # Only empty cells are missing: a label or a review reading "NA" or "null" is data.
+            table = pd.read_csv(path, sep=separator, keep_default_na=False, na_values=[""], encoding=encoding)
+            header = _header(path, encoding, separator)
     except pd.errors.EmptyDataError:
         raise TlkerasError(f"{path} is empty: it needs a header row and one row per example") from None
+    except PermissionError:
+        raise TlkerasError(f"cannot read {path} (permission denied): make it readable (chmod +r)") from None
     except Exception as error:  # pandas and pyarrow raise many types for a malformed file
         raise TlkerasError(f"cannot read {path} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
                            f": check that it is a valid {suffix[1:].upper()} file") from error
-    table.columns = [str(c).lstrip("\ufeff").strip() for c in table.columns]
+    if len(header) != len(table.columns):
+        header = [str(c) for c in table.columns]  # the csv module and pandas disagree: trust pandas
+    columns = [str(c).lstrip("\ufeff").strip() for c in header]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise TlkerasError(f"{path} has repeated column names ({', '.join(map(repr, repeated))}): rename or remove the "
+                           f"copies. Received: columns={columns}")
+    table.columns = columns
     if table.empty:
         raise TlkerasError(f"{path} has a header but no rows: add one row per example. Received: columns="
                            f"{list(table.columns)}")
     return table, notes
+
+
+_SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}
+# Files that are not text tables, by their first bytes.
+_MAGIC = {b"PK\x03\x04": "a zip archive (an .xlsx or .ods spreadsheet?)",
+          b"\xd0\xcf\x11\xe0": "an Excel .xls spreadsheet", b"PAR1": "a Parquet file",
+          b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"%PDF": "a PDF document"}
+
+
+def _refuse_disguised(path: Path, suffix: str) -> None:
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(8)
+    except PermissionError:
+        raise TlkerasError(f"cannot read {path} (permission denied): make it readable (chmod +r)") from None
+    except OSError:
+        return  # read_csv / read_parquet report it
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic) and not (magic == b"PAR1" and suffix in (".parquet", ".pq")):
+            fix = "rename it .parquet" if magic == b"PAR1" else "export it as CSV (UTF-8) and point data at that file"
+            raise TlkerasError(f"{path.name} is {what}, not a {suffix[1:].upper()} table: {fix}. Received: {path}")
+    if suffix in (".parquet", ".pq") and head and not head.startswith(b"PAR1"):
+        raise TlkerasError(f"{path.name} is not a Parquet file (no PAR1 header): rename it to what it is (.csv?) or "
+                           f"write it again with pandas' to_parquet. Received: {path}")
+
+
+def _text_encoding(path: Path) -> str:
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "utf-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"  # what Excel calls "Unicode text"
+    data = path.read_bytes()
+    for encoding in _TEXT_ENCODINGS:
+        try:
+            data.decode(encoding)
+            return encoding
+        except UnicodeDecodeError:
+            continue
+    return "latin-1"  # decodes any bytes
+
+
+def _first_line(path: Path, encoding: str) -> str:
+    with open(path, encoding=encoding, newline="") as stream:
+        return stream.readline()
+
+
+def _separator(path: Path, encoding: str) -> str:
+    line = _first_line(path, encoding)
+    if "," in line:
+        return ","
+    counts = {sep: line.count(sep) for sep in (";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _header(path: Path, encoding: str, separator: str) -> list[str]:
+    import csv
+
+    with open(path, encoding=encoding, newline="") as stream:
+        return next(csv.reader(stream, delimiter=separator), [])
 
 
 def _load_table(path, task, kind, path_column, text_column, label_column, separator, labels) -> Examples:
@@ -200,6 +294,8 @@ def _load_table(path, task, kind, path_column, text_column, label_column, separa
         _require_column(table, column, source)
         _require_no_missing(table[column], column, source)
     items = chosen.table_inputs([str(x) for x in table[input_column]], path.parent.absolute(), input_column, source)
+    items, converted = chosen.prepare_inputs(items)
+    notes = notes + converted
     if task.name == "regression":
         targets = np.stack([_numeric(table[c], c, source) for c in label_columns], axis=-1)
         if isinstance(label_column, str):

@@ -177,16 +177,12 @@ def write_deploy_config(models_dir: str | Path, out_dir: str | Path | None = Non
                            f"{models_dir} --name NAME` first")
     config = model_server_config(models, mount, policy, keep, stable)
     batching = batching_parameters(num_batch_threads=num_batch_threads)
-    out_dir = Path(out_dir) if out_dir else models_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from tlkeras import files
+
+    out_dir = files.writable_dir(Path(out_dir) if out_dir else models_dir, "deploy-config folder", "pass another --out")
     config_path, batching_path = out_dir / CONFIG_FILE, out_dir / BATCHING_FILE
-    _write_atomic(config_path, text_format.MessageToString(config))
-    _write_atomic(batching_path, text_format.MessageToString(batching))
+    # Rewriting models.config is what the command is for. TF Serving may poll it meanwhile: it must never
+    # read half a file.
+    files.write_text(config_path, text_format.MessageToString(config))
+    files.write_text(batching_path, text_format.MessageToString(batching))
     return config_path, batching_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # TF Serving may poll models.config while it is rewritten; it must never read half a file.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -122,6 +122,10 @@ def export_run(run_dir: str | Path, base_dir: str | Path | None = None, name: st
         raise TlkerasError("no export folder: pass --base-dir MODELS or set export.base_dir in the recipe. "
                            f"Received: run_dir={str(run.path)!r}")
     name = name or options.get("name") or _default_name(run)
+    _check_name(name)  # before the model loads: the usual mistakes fail at once
+    if Path(base_dir).exists() and not Path(base_dir).is_dir():
+        raise TlkerasError(f"the export folder {base_dir} is a file, not a folder: pass another --base-dir. "
+                           f"Received: base_dir={str(base_dir)!r}")
     tflite = bool(tflite or options.get("tflite", False))
     threshold = float(options.get("threshold", DEFAULT_THRESHOLD))
     spec = run.input_spec(config)
@@ -171,7 +175,9 @@ def describe_signatures(functions) -> dict[str, dict]:
 
 
 def _check_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name.isdigit() or "\0" in name:
+    from tlkeras.files import is_plain_name
+
+    if not is_plain_name(name):
         raise TlkerasError("model name must be a plain folder name (not a number, no '/', not starting "
                            f"with '.'). Received: name={name!r}")
 

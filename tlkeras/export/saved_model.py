@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tlkeras import files
 from tlkeras.errors import TlkerasError
 
 TMP_PREFIX = ".tmp-"
@@ -50,7 +51,7 @@ def write_version(model_dir: str | Path, write: Callable[[Path, int], None], ver
     model_dir = Path(model_dir)
     if version is not None and (not isinstance(version, int) or version < 1):
         raise TlkerasError(f"version must be a positive integer. Received: version={version!r}")
-    model_dir.mkdir(parents=True, exist_ok=True)
+    files.writable_dir(model_dir, "model folder", "choose another --base-dir or --name")
     # The lock serialises concurrent exports of one model, so each gets its own version number; the
     # rename is what makes a version appear whole to TF Serving.
     with _exclusive_lock(model_dir / LOCK_FILE):

@@ -46,7 +46,9 @@ def convert_to_tflite(model, path: str | Path) -> dict[str, Any]:
             except Exception as err:  # noqa: BLE001
                 raise TlkerasError(f"TFLite conversion failed ({_first_line(err)}); export without --tflite, "
                                    "the SavedModel does not need it") from err
-    Path(path).write_bytes(flatbuffer)
+    from tlkeras import files
+
+    files.write_bytes(path, flatbuffer)
     return {
         "file": Path(path).name,
         "signature": "serving_default",  # interpreter.get_signature_runner("serving_default")(**inputs)

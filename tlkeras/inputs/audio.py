@@ -65,7 +65,7 @@ class AudioKind(InputKind):
         return int(round(spec.sample_rate * spec.clip_seconds))
 
     # ----------------------------------------------------------------------------------- checking
-    def prepare(self, items):
+    def prepare_inputs(self, items):
         """(items, notes): files the graph cannot decode replaced by 16-bit WAV copies in the cache."""
         import soundfile
 

@@ -76,6 +76,12 @@ class InputKind:
                                f"paths are read from {base}): fix the paths. Received: {shown}")
         return resolved
 
+    def prepare_inputs(self, items: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(inputs, notes): `items` as training reads them; a kind may replace an input it cannot decode as it
+        is by a converted copy (images in formats TensorFlow lacks), and says so in a note. Defaults to the
+        items unchanged."""
+        return list(items), []
+
     # ------------------------------------------------------------------------------------ input spec
     def spec(self, entry, data) -> InputSpec:
         """InputSpec: the input a recipe trains at, from the backbone's entry and the recipe's `data`."""
@@ -86,11 +92,6 @@ class InputKind:
         raise NotImplementedError
 
     # -------------------------------------------------------------------------------------- checking
-    def prepare(self, items: Sequence[str]) -> tuple[list[str], list[str]]:
-        """(items, notes): the inputs with any the pipeline cannot decode replaced by a converted copy in
-        $TLKERAS_HOME (never in place), and what was converted. Defaults to no conversion."""
-        return list(items), []
-
     def check(self, items: Sequence[str], skip: bool) -> tuple[np.ndarray, list[tuple[str, str]]]:
         """Checks that every input can be read, so a bad file fails now rather than mid-epoch.
 
@@ -138,9 +139,11 @@ class InputKind:
     # ------------------------------------------------------------------------------------- datasets
     def dataset(self, inputs: Sequence[str], targets, spec: InputSpec, batch_size: int, preprocessor=None,
                 shuffle: bool = False, seed: int = 0, augment: Callable | None = None, repeat: bool = False,
-                view: str = "identity"):
+                first_epoch: int | None = None, view: str = "identity"):
         """tf.data.Dataset: batches of the extractor's inputs (and targets when given), in one of the kind's
-        `feature_views`."""
+        `feature_views`. With `first_epoch`, an endless run of epochs from that one on, each in an order fixed
+        by `seed` and its number (`pipeline.epochs`), for `fit(steps_per_epoch=...)`: the same in fresh,
+        resumed and distributed runs."""
         raise NotImplementedError
 
     def augmenter(self, config, seed: int, mix_labels: bool) -> Callable | None:

@@ -25,8 +25,16 @@ SERVING_IMAGES = "serving_images"
 IMAGE_BYTES = "image_bytes"
 IMAGES = "images"
 DEFAULT_SIZE = (224, 224)
-# What tf.io.decode_image reads. PIL opens more (TIFF, ICO, ...), which would then fail mid-epoch.
+# What tf.io.decode_image reads. PIL opens more (TIFF, ICO, ...), which would then fail mid-epoch: those are
+# converted to PNG before training (`convert_for_tensorflow`).
 TF_DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"}
+TF_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Formats Pillow decodes and TensorFlow does not, by extension: read from folders, converted once.
+CONVERTED_EXTENSIONS = (".tif", ".tiff", ".ico", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".pcx", ".jp2", ".j2k",
+                        ".qoi", ".dib", ".sgi", ".icns", ".psd", ".avif")
+# Pillow's own decompression-bomb limit (89.5 Mpx): larger images are refused, not decoded.
+MAX_PIXELS = 89_478_485
+CONVERSION_VERSION = "v1"  # part of the cache path: bump it when the conversion changes
 _SHOWN = 5
 
 
@@ -68,23 +76,109 @@ def file_problem(path: str) -> str | None:
     """str or None: why an image file cannot be trained on (None when it decodes).
 
     The file is opened, verified and fully decoded with PIL (JPEGs at reduced scale, which still reads
-    every byte). Formats PIL reads but `tf.io.decode_image` does not (TIFF, ...) count as bad.
+    every byte). Formats PIL reads but `tf.io.decode_image` does not (TIFF, ...) count as bad: reading
+    data converts them first (`convert_for_tensorflow`). Images over `MAX_PIXELS` are refused undecoded.
     """
+    import warnings
+
     from PIL import Image
 
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"a symlink to {os.readlink(path)}, which does not exist: fix or remove the link"
     try:
-        with Image.open(path) as image:
-            image_format = image.format
-            image.verify()
-        if image_format not in TF_DECODABLE:
-            return f"{image_format} is not decodable by TensorFlow; convert to PNG or JPEG"
-        with Image.open(path) as image:  # verify() leaves the image unusable: open again to decode
-            if image_format == "JPEG":
-                image.draft(image.mode, (1, 1))
-            image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image_format, (width, height) = image.format, image.size
+                if width * height > MAX_PIXELS:
+                    return _too_large(width, height)
+                image.verify()
+            if conversion_reason(path) is not None:
+                return f"{image_format} is not decodable by TensorFlow; convert to PNG or JPEG"
+            with Image.open(path) as image:  # verify() leaves the image unusable: open again to decode
+                if image_format == "JPEG":
+                    image.draft(image.mode, (1, 1))
+                image.load()
+    except Image.DecompressionBombError as error:  # PIL refuses to open it at all: it gives only the pixel count
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "its size"
+        return (f"{size} is over the {MAX_PIXELS / 1e6:.0f} megapixel limit (a decompression bomb, or a huge "
+                f"scan): resize it")
+    except PermissionError:
+        return "cannot be read (permission denied): make it readable (chmod +r) or remove it"
     except Exception as error:  # any failure means the file cannot be trained on
         return f"{type(error).__name__}: {error}"
     return None
+
+
+def _too_large(width: int, height: int) -> str:
+    return (f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is over the {MAX_PIXELS / 1e6:.0f} "
+            f"megapixel limit (a decompression bomb, or a huge scan): resize it")
+
+
+def conversion_reason(path: str) -> str | None:
+    """str or None: the format name (e.g. "TIFF", "animated WebP") when `tf.io.decode_image` cannot decode
+    the image, or decodes it wrongly (palette BMPs), but PIL can; None when TensorFlow reads it as it is,
+    or when PIL cannot open it either (then `file_problem` says why)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                fmt, mode, frames = image.format, image.mode, getattr(image, "n_frames", 1)
+                compression = image.info.get("compression", 0)
+                if image.size[0] * image.size[1] > MAX_PIXELS:
+                    return None  # refused by file_problem, not converted
+    except Exception:  # noqa: BLE001 - unreadable: file_problem reports it
+        return None
+    if fmt not in TF_DECODABLE:
+        return fmt
+    if fmt == "BMP" and (mode not in ("RGB", "RGBA", "L") or compression != 0):
+        return "palette or compressed BMP"  # TensorFlow ignores BMP palettes and compression
+    if fmt == "WEBP" and frames > 1:
+        return "animated WebP"
+    return None
+
+
+def convert_for_tensorflow(path: str) -> str:
+    """str: the path of `path` converted to an RGB PNG (the first frame of an animation; 16-bit and float
+    images scaled to 8 bits), in `$TLKERAS_HOME/converted`, keyed by the file's sha256 so each image is
+    converted once. The file is written atomically.
+    """
+    import io
+
+    from PIL import Image
+
+    from tlkeras import files, paths
+
+    target = paths.converted_dir() / CONVERSION_VERSION / f"{sha256_file(path)}.png"
+    if target.is_file():
+        return str(target)
+    with Image.open(path) as image:
+        image.seek(0)
+        rgb = _to_rgb(image)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    files.write_bytes(target, buffer.getvalue())
+    return str(target)
+
+
+def _to_rgb(image):
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit or float: scale, do not clip
+        pixels = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and pixels.size and np.nanmax(pixels) <= 1.0:
+            pixels = pixels * 255.0
+        elif image.mode != "F" and pixels.size and pixels.max() > 255:
+            pixels = pixels / 257.0  # as TensorFlow reads 16-bit PNGs
+        image = Image.fromarray(np.clip(np.nan_to_num(pixels), 0, 255).round().astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def array_dataset(images: np.ndarray, targets, image_size, batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -154,7 +248,7 @@ def _first(items: Sequence, n: int = _SHOWN) -> str:
 
 class ImageKind(InputKind):
     name = "image"
-    file_extensions = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+    file_extensions = TF_EXTENSIONS + CONVERTED_EXTENSIONS
     table_column = "path"
     spec_fields = ("image_size",)
 
@@ -180,6 +274,30 @@ class ImageKind(InputKind):
                 f"{len(bad)} of {len(paths)} images cannot be decoded: fix or delete them, or set "
                 f"data.skip_corrupt: true to skip them. Received: {_first([f'{p} ({r})' for p, r in bad])}")
         return np.asarray([r is None for r in reasons], dtype=bool), bad
+
+    def prepare_inputs(self, items):
+        paths = [str(p) for p in items]
+        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+            reasons = list(pool.map(conversion_reason, paths))
+        if not any(reasons):
+            return paths, []
+        todo = [i for i, reason in enumerate(reasons) if reason]
+        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+            converted = list(pool.map(_converted_or_none, [paths[i] for i in todo]))
+        for i, new in zip(todo, converted, strict=True):
+            if new is not None:
+                paths[i] = new
+        counts: dict[str, int] = {}
+        for i, new in zip(todo, converted, strict=True):
+            if new is not None:
+                counts[reasons[i]] = counts.get(reasons[i], 0) + 1
+        if not counts:
+            return paths, []
+        from tlkeras import paths as tlkeras_paths
+
+        kinds = ", ".join(f"{n} {fmt}" for fmt, n in sorted(counts.items()))
+        return paths, [f"converted {kinds} images to PNG, which TensorFlow cannot decode as they are (cached in "
+                       f"{tlkeras_paths.converted_dir()})"]
 
     def fingerprint_item(self, item):
         try:
@@ -215,19 +333,25 @@ class ImageKind(InputKind):
         return keras.Model(pixels, features, name=entry.name)
 
     def dataset(self, inputs, targets, spec, batch_size, preprocessor=None, shuffle=False, seed=0, augment=None,
-                repeat=False, view="identity"):
+                repeat=False, first_epoch=None, view="identity"):
         import tensorflow as tf
 
         size = spec.image_size
+        paths = [str(p) for p in inputs]
         flip = view == "flip"
-        ds = pipeline.shuffled(pipeline.slices([str(p) for p in inputs], targets), len(inputs), shuffle, seed, repeat)
 
         def read(path):
             pixels = decode(tf.io.read_file(path), size)
             return tf.image.flip_left_right(pixels) if flip else pixels
 
-        ds = pipeline.map_inputs(ds, read, targets is not None)
-        return pipeline.finish(ds.batch(batch_size), targets is not None, augment)
+        def batches(ds):
+            return pipeline.map_inputs(ds, read, targets is not None).batch(batch_size)
+
+        if first_epoch is not None:
+            return pipeline.finish(pipeline.epochs(paths, targets, seed, first_epoch, batches), targets is not None,
+                                   augment)
+        ds = pipeline.shuffled(pipeline.slices(paths, targets), len(inputs), shuffle, seed, repeat)
+        return pipeline.finish(batches(ds), targets is not None, augment)
 
     def feature_views(self, config):
         import dataclasses
@@ -319,6 +443,13 @@ class ImageKind(InputKind):
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
         return {"image": buffer.getvalue(), "text": os.path.basename(item)}
+
+
+def _converted_or_none(path: str) -> str | None:
+    try:
+        return convert_for_tensorflow(path)
+    except Exception:  # noqa: BLE001 - left as it is: the file check names the problem
+        return None
 
 
 def pixel_augmenter(config, seed: int = 0):

@@ -82,12 +82,18 @@ class TextKind(InputKind):
         return keras_hub.models.TextClassifierPreprocessor.from_preset(handle, sequence_length=spec.sequence_length)
 
     def dataset(self, inputs, targets, spec, batch_size, preprocessor=None, shuffle=False, seed=0, augment=None,
-                repeat=False, view="identity"):
-        ds = pipeline.shuffled(pipeline.slices([str(t) for t in inputs], targets), len(inputs), shuffle, seed, repeat)
-        ds = ds.batch(batch_size)
-        if preprocessor is not None:
-            ds = pipeline.map_inputs(ds, preprocessor, targets is not None)
-        return pipeline.finish(ds, targets is not None, augment)
+                repeat=False, first_epoch=None, view="identity"):
+        texts = [str(t) for t in inputs]
+
+        def batches(ds):
+            ds = ds.batch(batch_size)
+            return pipeline.map_inputs(ds, preprocessor, targets is not None) if preprocessor is not None else ds
+
+        if first_epoch is not None:
+            return pipeline.finish(pipeline.epochs(texts, targets, seed, first_epoch, batches), targets is not None,
+                                   augment)
+        ds = pipeline.shuffled(pipeline.slices(texts, targets), len(inputs), shuffle, seed, repeat)
+        return pipeline.finish(batches(ds), targets is not None, augment)
 
     def signatures(self, model, spec, task, labels, threshold, preprocessor=None):
         import tensorflow as tf

@@ -59,6 +59,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
                 self.best = json.loads(self._record.read_text()).get(self.monitor)
             except (OSError, json.JSONDecodeError, AttributeError):
                 self.best = None  # a damaged record: the next epoch sets it again
+        # A kill between an improvement and the end of fit left best weights the .keras file lacks.
+        if self._weights.is_file() and (not self.path.is_file()
+                                        or self._weights.stat().st_mtime_ns > self.path.stat().st_mtime_ns):
+            self._improved = True
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -68,7 +72,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             self.best = float(value)
             with files.atomic_path(self._weights) as tmp:
                 self.model.save_weights(tmp)
-            files.write_json(self._record, {self.monitor: self.best})
+            files.write_json(self._record, {self.monitor: self.best, "epoch": int(epoch)})
             self._improved = True
 
     def on_train_end(self, logs=None):
@@ -91,14 +95,18 @@ def build_callbacks(config: CallbacksConfig, run: RunDir, stage_index: int, full
     Args:
         config: CallbacksConfig. What the recipe enabled.
         run: RunDir. The run directory.
-        stage_index: int. Each stage keeps its own BackupAndRestore folder.
+        stage_index: int. Each stage keeps its own backup folder.
         full_model: keras.Model. The backbone + head model, for the best checkpoint.
         monitor: str. "val_loss", or "loss" when there is no validation data.
         before_best_save: callable or None. `BestModelCheckpoint`'s `before_save`.
     """
-    callbacks = [keras.callbacks.CSVLogger(str(run.history_csv), append=True)]
+    from tlkeras.recipes.resume import EpochBackup, EpochHistory
+
+    # History first: at each epoch's end its row is written before the backup that commits the epoch.
+    history = EpochHistory(run.history_csv)
+    callbacks = [history]
     if config.backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(str(run.backup_dir(stage_index))))
+        callbacks.append(EpochBackup(run.backup_dir(stage_index), history))
     if config.checkpoint:
         callbacks.append(BestModelCheckpoint(full_model, run.best_model, monitor, before_save=before_best_save))
     if config.tensorboard:

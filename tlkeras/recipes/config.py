@@ -27,6 +27,7 @@ import yaml
 
 from tlkeras import tasks
 from tlkeras.evaluation import DEFAULT_THRESHOLD
+from tlkeras.files import is_plain_name
 from tlkeras.schema import SchemaError, bounded, from_dict, to_dict
 
 Strategy = Literal["feature_extraction", "layer_retraining", "gradual_unfreezing", "fine_tuning", "weight_init",
@@ -216,6 +217,9 @@ def parse_recipe(raw: dict[str, Any], overrides: list[str] = (), base_dir: Path 
         # Keras cannot change a scheduled learning rate: the first plateau would end the run.
         raise SchemaError("callbacks.reduce_on_plateau needs schedule.lr_schedule: constant; drop one of them. "
                           f"Received: lr_schedule={recipe.schedule.lr_schedule!r}")
+    if recipe.export and recipe.export.name and not is_plain_name(recipe.export.name):
+        raise SchemaError("'export.name' is the served model's folder under export.base_dir: a plain name (no '/', "
+                          f"not starting with '.', not a number), e.g. pets. Received: export.name={recipe.export.name!r}")
     if base_dir is not None:
         resolve = lambda value: value if not value or Path(value).is_absolute() else str((base_dir / value).resolve())  # noqa: E731
         for key in ("train", "validation", "test"):
@@ -235,15 +239,36 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
+def _mapping_without_repeats(loader, node, deep=False):
+    # PyYAML keeps the last of two equal keys: the first value would be dropped without a word.
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen and key != "<<":
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key}' appears twice in one mapping",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Reads and validates a recipe YAML file; errors name the file and the key."""
     path = Path(path)
     if not path.exists():
-        raise SchemaError(f"recipe file {path} does not exist")
+        raise SchemaError(f"recipe file {path} does not exist: pass the path of a recipe YAML file")
+    if path.is_dir():
+        raise SchemaError(f"{path} is a folder: pass the recipe YAML file itself (e.g. {path}/recipe.yaml)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_RecipeLoader)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)
+    except UnicodeDecodeError:
+        raise SchemaError(f"{path} is not UTF-8 text: save the recipe as UTF-8 (is it a YAML file?)") from None
+    except OSError as err:
+        raise SchemaError(f"cannot read {path} ({err.strerror}): check its permissions") from None
     except yaml.YAMLError as err:
-        raise SchemaError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise SchemaError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     try:
         return parse_recipe(raw, overrides, base_dir=path.parent)
     except SchemaError as err:
@@ -254,7 +279,11 @@ def _apply_override(raw: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise SchemaError(f"--set takes key=value, e.g. schedule.epochs=3. Received: {override!r}")
-    value = yaml.load(text, Loader=_RecipeLoader)
+    try:
+        value = yaml.load(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as err:
+        raise SchemaError(f"--set {key}: the value is not valid YAML ({_yaml_problem(err)}); quote it, e.g. "
+                          f"--set '{key}=\"{text}\"'. Received: {override!r}") from None
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -264,6 +293,14 @@ def _apply_override(raw: dict, override: str) -> None:
         if not isinstance(node, dict):
             raise SchemaError(f"--set {key}: '{part}' is not a section")
     node[parts[-1]] = value
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())[:200]
 
 
 __all__ = ["Recipe", "DataConfig", "HeadConfig", "ScheduleConfig", "StageConfig", "AugmentConfig",

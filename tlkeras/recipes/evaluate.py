@@ -33,6 +33,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Pa
 
     run = RunDir.open(run_dir)
     run.check_complete()
+    out = _empty_folder(Path(out_dir)) if out_dir else None
     config = run.config()
     recipe = parse_recipe(run.recipe_config())
     data = data or recipe.data.test or recipe.data.validation
@@ -49,7 +50,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Pa
     dataset = kind.dataset(examples.inputs, None, spec, recipe.data.inference_batch_size, preprocessor=preprocessor)
     model = keras.models.load_model(run.model_file, compile=False)
     scores = np.asarray(model.predict(dataset, verbose=0))
-    out = Path(out_dir) if out_dir else _next_folder(run.path / "evaluation")
+    out = out or _next_folder(run.path / "evaluation")
     notes = [f"skipped {len(bad)} unreadable inputs"] if bad else []
     return evaluate_predictions(examples.targets, scores, labels, recipe.task, out_dir=out,
                                 title=f"{run.path.parent.name}/{run.name} on {Path(data).name}",
@@ -57,6 +58,17 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out_dir: str | Pa
                                 extra={"run directory": str(run.path), "data": str(data)},
                                 examples=examples.inputs, kind=kind,
                                 fields={"split": str(data), "skipped": notes})
+
+
+def _empty_folder(path: Path) -> Path:
+    """Path: `path`, created if missing; an existing folder must be empty, so no earlier result is replaced."""
+    from tlkeras import files
+
+    if path.is_dir() and any(p for p in path.iterdir() if not p.name.startswith(".")):
+        raise TlkerasError(f"--out {path} already holds files, which this evaluation must not overwrite: pass a new "
+                           f"or empty folder, or leave --out out (each evaluation then gets RUN/evaluation/<N>). "
+                           f"Received: out_dir={str(path)!r}")
+    return files.writable_dir(path, "evaluation folder", "pass another --out")
 
 
 def _next_folder(parent: Path) -> Path:

@@ -76,10 +76,7 @@ def load_splits(recipe: Recipe, kind: inputs.InputKind) -> Splits:
 def _checked(examples, kind, skip: bool, skipped: list, notes: list):
     if examples is None:
         return None
-    notes += examples.notes
-    prepared, converted = kind.prepare(examples.inputs)
-    notes += converted
-    examples.inputs = prepared
+    notes += examples.notes  # reading already converted what the kind cannot decode, and said so
     ok, bad = kind.check(examples.inputs, skip)
     if bad:
         skipped += bad
@@ -191,14 +188,16 @@ class Trainer:
         return self.recipe.schedule.strategy
 
     # -------------------------------------------------------------------------------------- datasets
-    def dataset(self, examples, training: bool, targets: bool = True, batch_size: int | None = None):
-        """A tf.data pipeline of the extractor's inputs (and targets) for `examples`."""
+    def dataset(self, examples, training: bool, targets: bool = True, batch_size: int | None = None,
+                first_epoch: int | None = None):
+        """A tf.data pipeline of the extractor's inputs (and targets) for `examples`; with `first_epoch`, the
+        endless training epochs from that one on (see `InputKind.dataset`)."""
         cfg = self.recipe.data
         y = self.targets(examples) if targets else None
         return self.kind.dataset(
             examples.inputs, y, self.spec, batch_size or (cfg.batch_size if training else cfg.inference_batch_size),
             preprocessor=self.backbone.preprocessor, shuffle=training, seed=self.recipe.seed,
-            augment=self.augment if training and targets else None)
+            augment=self.augment if training and targets else None, first_epoch=first_epoch)
 
     def view_dataset(self, examples, view: str):
         """Inputs of `examples`, in inference batches, as one feature view (no targets, no shuffling)."""
@@ -241,6 +240,10 @@ class Trainer:
         if not self.entry.layer_groups and any(s.unfreeze not in (0, "all") for s in self.stages()):
             log.info("backbone %s has no layer groups in its catalog entry: unfreezing counts the whole backbone "
                      "as one group", self.entry.name)
+        from tlkeras.recipes.resume import restore_epoch, restore_stages
+
+        # Restores the newest good stage checkpoint (a probe's head, a fine-tuned model) before anything else.
+        state = restore_stages(self.model, self.run, [s.epochs for s in self.stages()])
         if self.strategy_name in ("auto", "contrastive"):
             return self._fit_selected()
         if self.uses_feature_cache() and self.linear_head:
@@ -251,10 +254,6 @@ class Trainer:
             return self._fit_lpft()
         from tlkeras.recipes.freezing import apply_stage
 
-        state = self._state()
-        if state["stages_done"]:
-            self.model.load_weights(self.run.stage_checkpoint(state["stages_done"] - 1))
-        train_ds = self.dataset(self.splits.train, training=True)
         val_ds = self.dataset(self.splits.validation, training=False) if self.splits.validation else None
         history: dict = {}
         epoch = state["epochs_done"]
@@ -267,10 +266,14 @@ class Trainer:
                      index, stage.epochs, len(trainable), stage.learning_rate)
             self.compile(self.model, stage, steps=_steps(len(self.splits.train), self.recipe.data.batch_size))
             recalibrate = stage.train_batchnorm and self.recipe.schedule.recalibrate_batchnorm
-            # shuffle=False: the tf.data pipeline already reshuffles every epoch.
-            result = self.model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, shuffle=False,
-                                    epochs=epoch + stage.epochs, verbose=self.verbose, class_weight=self.keras_class_weight,
-                                    callbacks=self._callbacks(index, val_ds is not None, recalibrate))
+            callbacks = self._callbacks(index, val_ds is not None, recalibrate)
+            first = restore_epoch(self.model, callbacks, epoch)  # after the stage's newest good backup, if any
+            # Epoch k's data order depends only on the seed and k, so resumed and distributed runs see the same.
+            train_ds = self.dataset(self.splits.train, training=True, first_epoch=first)
+            result = self.model.fit(train_ds, validation_data=val_ds, initial_epoch=first, shuffle=False,
+                                    steps_per_epoch=_steps(len(self.splits.train), self.recipe.data.batch_size),
+                                    epochs=epoch + stage.epochs, verbose=self.verbose,
+                                    class_weight=self.keras_class_weight, callbacks=callbacks)
             _merge(history, result.history)
             epoch += stage.epochs
             if recalibrate:
@@ -310,8 +313,7 @@ class Trainer:
         from tlkeras.recipes import auto
 
         state = self._state()
-        if state.get("stages_done", 0) >= 1:
-            self.model.load_weights(self.run.stage_checkpoint(0))
+        if state.get("stages_done", 0) >= 1:  # restore_stages loaded its weights
             self.selection = state.get("selection", {})
             return {}
         if not self.linear_head:
@@ -334,13 +336,13 @@ class Trainer:
         from tlkeras.recipes import lpft
 
         state = self._state()
-        if state.get("stages_done", 0) >= 2:
-            self.model.load_weights(self.run.stage_checkpoint(1))
+        last = len(self.stages()) - 1
+        if state.get("stages_done", 0) > last:  # restore_stages loaded its weights
             self.selection = state.get("selection", {})
             return {}
         stage = self.stages()[-1]
         self.selection = lpft.fit_lpft(self, stage)
-        self._finish_stage(1, stage.epochs)
+        self._finish_stage(last, sum(s.epochs for s in self.stages()))
         if self.run is not None:
             self.run.write_state({**self.run.state(), "selection": self.selection})
         return {}
@@ -480,7 +482,9 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
     start = time.perf_counter()
     # Build before creating the run folder, so bad data or an unknown backbone leaves nothing behind.
     trainer = Trainer.from_recipe(recipe, verbose=verbose)
-    run = RunDir.for_resume(recipe.output_dir) if resume else RunDir.create(recipe.output_dir)
+    from tlkeras.recipes.resume import open_run
+
+    run = open_run(recipe, resume, data_lib.fingerprint(trainer.splits.train))
     trainer.run = run
     with run_log(run.log_file):
         log.info("run %s: training %s on %d examples (%s)", run.path, recipe.backbone, len(trainer.splits.train),
@@ -501,7 +505,7 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
         metrics = trainer.evaluate(seconds)
         run.write_state({**run.state(), "finished": True})
         log.info("done in %.1f s; metrics in %s", seconds, run.metrics_file)
-    _remove_empty_dirs(run.path / "backup")  # BackupAndRestore empties its folders on success
+    run.remove_backups()
     return RunResult(run.path, metrics, history, seconds)
 
 
@@ -529,12 +533,6 @@ def run_log(path: Path):
         log.removeHandler(handler)
         log.setLevel(level)
         handler.close()
-
-
-def _remove_empty_dirs(root: Path) -> None:
-    for directory in sorted(root.glob("**/"), key=lambda p: len(p.parts), reverse=True):
-        if directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
 
 
 def _class_weight_mode(setting: str, task: str, train, notes: list) -> str | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tlkeras import paths
+from tlkeras import files, paths
 from tlkeras.files import sha256_file
 from tlkeras.registry.catalog import load_catalog
 from tlkeras.registry.entry import BackboneEntry, CatalogError, validate_entry
@@ -51,6 +51,9 @@ def add_local(
     Example:
     >>> add_local("my_model.keras", name="my_model", input_size=(160, 160))
     """
+    if not files.is_plain_name(name):
+        raise CatalogError(f"--name must be a plain name (no '/', not starting with '.', not a number), e.g. my_net; "
+                           f"it names the entry's file. Received: name={name!r}")
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise CatalogError(f"no such file or folder: {path}")
@@ -68,8 +71,12 @@ def add_local(
     raw = {key: list(v) if isinstance(v, tuple) else v for key, v in raw.items()}
     entry = validate_entry(raw)
     target = Path(registry_dir) if registry_dir else paths.user_registry_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    (target / f"{name}.yaml").write_text(yaml.safe_dump({"entries": [raw]}, sort_keys=False))
+    entry_file = target / f"{name}.yaml"
+    if entry_file.exists():  # a catalog file outside the search path, or one that does not load: keep it
+        raise CatalogError(f"{entry_file} already exists and would be overwritten: pick another --name or "
+                           f"--registry-dir. Received: name={name!r}")
+    files.writable_dir(target, "registry folder", "pass another --registry-dir")
+    files.write_text(entry_file, yaml.safe_dump({"entries": [raw]}, sort_keys=False))
     return entry
 
 
