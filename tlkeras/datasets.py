@@ -288,28 +288,28 @@ def spoken_digits(dest: str | Path, per_class: int = 16, test_per_class: int = 6
     params = {"dataset": "spoken_digits", "per_class": per_class, "test_per_class": test_per_class, "seed": seed,
               "flac_fraction": flac_fraction, "noise": noise}
     result = {"train": dest / "train", "test": dest / "test", "labels": list(SPOKEN_DIGITS)}
-    if _already_written(dest, params, [result["train"], result["test"]]):
+    if _already_written(dest, params):
         return result
     rng = np.random.default_rng(seed)
-    for split, voices, count in (("train", SPEECH_TRAIN_VOICES, per_class), ("test", SPEECH_TEST_VOICES, test_per_class)):
-        for digit in SPOKEN_DIGITS:
-            folder = dest / split / digit
-            folder.mkdir(parents=True)
-            for k in range(count):
-                voice = voices[k % len(voices)]
-                speed, pitch = int(rng.integers(120, 200)), int(rng.integers(25, 75))
-                wav = folder / f"{k:03d}.wav"
-                subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), digit],
-                               check=True, capture_output=True)
-                samples, rate = soundfile.read(str(wav), dtype="float32")
-                samples = samples + rng.normal(0, noise, samples.shape).astype(np.float32)
-                samples = np.clip(samples, -1, 1)
-                if split == "train" and rng.random() < flac_fraction:
-                    wav.unlink()
-                    soundfile.write(str(wav.with_suffix(".flac")), samples, rate, format="FLAC")
-                else:
-                    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
-    _mark_written(dest, params)
+    with _new_folder(dest, params) as tmp:
+        for split, voices, count in (("train", SPEECH_TRAIN_VOICES, per_class),
+                                     ("test", SPEECH_TEST_VOICES, test_per_class)):
+            for digit in SPOKEN_DIGITS:
+                folder = tmp / split / digit
+                folder.mkdir(parents=True)
+                for k in range(count):
+                    voice = voices[k % len(voices)]
+                    speed, pitch = int(rng.integers(120, 200)), int(rng.integers(25, 75))
+                    wav = folder / f"{k:03d}.wav"
+                    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav),
+                                    digit], check=True, capture_output=True)
+                    samples, rate = soundfile.read(str(wav), dtype="float32")
+                    samples = np.clip(samples + rng.normal(0, noise, samples.shape).astype(np.float32), -1, 1)
+                    if split == "train" and rng.random() < flac_fraction:
+                        wav.unlink()
+                        soundfile.write(str(wav.with_suffix(".flac")), samples, rate, format="FLAC")
+                    else:
+                        soundfile.write(str(wav), samples, rate, subtype="PCM_16")
     return result
 
 
