@@ -130,14 +130,21 @@ class AudioKind(InputKind):
         return keras.Model(waveform, pooled, name=entry.name)
 
     def dataset(self, inputs, targets, spec, batch_size, preprocessor=None, shuffle=False, seed=0, augment=None,
-                repeat=False, view="identity"):
+                repeat=False, first_epoch=None, view="identity"):
         import tensorflow as tf
 
         rate, samples = spec.sample_rate, self.num_samples(spec)
-        ds = pipeline.shuffled(pipeline.slices([str(p) for p in inputs], targets), len(inputs), shuffle, seed, repeat)
-        ds = pipeline.map_inputs(ds, lambda path: audio_ops.wav_to_waveform(tf.io.read_file(path), rate, samples),
-                                 targets is not None)
-        return pipeline.finish(ds.batch(batch_size), targets is not None, augment)
+        paths = [str(p) for p in inputs]
+
+        def batches(ds):
+            read = lambda path: audio_ops.wav_to_waveform(tf.io.read_file(path), rate, samples)  # noqa: E731
+            return pipeline.map_inputs(ds, read, targets is not None).batch(batch_size)
+
+        if first_epoch is not None:
+            return pipeline.finish(pipeline.epochs(paths, targets, seed, first_epoch, batches), targets is not None,
+                                   augment)
+        ds = pipeline.shuffled(pipeline.slices(paths, targets), len(inputs), shuffle, seed, repeat)
+        return pipeline.finish(batches(ds), targets is not None, augment)
 
     # ---------------------------------------------------------------------------------- serving
     def signatures(self, model, spec, task, labels, threshold, preprocessor=None):
