@@ -33,6 +33,7 @@ BENCHMARKS = {
     "serving_latency": "bench.serving_latency",
     "serving_batching": "bench.serving_batching",
     "data_efficiency": "bench.data_efficiency",
+    "recommendation": "bench.recommendation",
     "feature_cache_scaling": "bench.feature_cache_scaling",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
