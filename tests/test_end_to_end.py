@@ -57,6 +57,7 @@ def _jpeg(colour, size) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_served_predictions_match_the_keras_models(served, tmp_path):
     import tlkeras.backbones  # noqa: F401 - custom layers of model.keras
 

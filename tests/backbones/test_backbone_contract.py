@@ -18,11 +18,17 @@ from tlkeras import registry
 MIN_SIZE = {"inception": 75, "inception_resnet": 75, "xception": 71}
 
 
+# Families whose smallest member takes over 10 s to build and run here: they run with the slow tests (CI).
+HEAVY_FAMILIES = {"inception_resnet", "nasnet", "densenet", "inception", "efficientnet", "resnet", "resnet_v2",
+                  "efficientnet_v2", "convnext", "xception"}
+
+
 def _one_per_family(source):
     chosen = collections.OrderedDict()
     for entry in sorted(registry.find_backbones(source=source), key=lambda e: e.params or 0):
         chosen.setdefault(entry.family, entry.name)
-    return list(chosen.items())
+    return [pytest.param(family, name, marks=pytest.mark.slow) if family in HEAVY_FAMILIES else (family, name)
+            for family, name in chosen.items()]
 
 
 @pytest.mark.parametrize("family, name", _one_per_family("keras_applications"), ids=lambda v: str(v))

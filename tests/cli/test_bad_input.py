@@ -260,7 +260,7 @@ def _single_image(tmp):
 
 
 def _one_per_class(tmp):
-    return data(two_classes(tmp / "img", per_class=1), validation_split=0.5)
+    return data(two_classes(tmp / "img", per_class=1), validation_split=0.5, cross_validate_below=0)  # keeps the split
 
 
 def _empty_class(tmp):

@@ -19,7 +19,7 @@ SECTION_PATHS = {
     "Recipe": "", "DataConfig": "data", "HeadConfig": "head", "ScheduleConfig": "schedule",
     "AugmentConfig": "augment", "CallbacksConfig": "callbacks", "ExportConfig": "export",
     "EarlyStoppingConfig": "callbacks.early_stopping", "ReduceOnPlateauConfig": "callbacks.reduce_on_plateau",
-    "StageConfig": "schedule.stages[0]",
+    "StageConfig": "schedule.stages[0]", "RecommendConfig": "recommend",
 }
 BASE = {"backbone": "test_tiny_cnn", "data": {"train": "images"}}
 

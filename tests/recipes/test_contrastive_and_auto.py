@@ -64,6 +64,7 @@ def test_contrastive_tuning_lowers_the_pair_loss(text_csv):
     assert after < 0.7 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_contrastive_recipe_keeps_a_probe_on_the_tuned_encoder(text_csv, tmp_path):
     result = train(_text_recipe(text_csv, tmp_path, "contrastive"), verbose=0)
     selection = json.loads((result.run_dir / "metrics.json").read_text())["selection"]
@@ -71,6 +72,7 @@ def test_contrastive_recipe_keeps_a_probe_on_the_tuned_encoder(text_csv, tmp_pat
     assert "probe" in selection and result.metrics["accuracy"] >= 0.75
 
 
+@pytest.mark.slow
 def test_auto_records_every_trial_and_its_choice(text_csv, tmp_path):
     result = train(_text_recipe(text_csv, tmp_path, "auto"), verbose=0)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())

@@ -161,7 +161,7 @@ def test_apply_stage_unfreezes_groups_from_the_top_and_never_frozen_batchnorm():
 @pytest.mark.slow
 def test_fine_tuning_mobilenet_v3_keeps_its_batchnorm_statistics(colour_folder, tmp_path):
     _, _, (before, after), (head_before, head_after) = fit(make_recipe(
-        colour_folder, tmp_path / "run", "schedule.strategy=fine_tuning", "backbone_weights=random",
+        colour_folder, tmp_path / "run", "schedule.strategy=fine_tuning", "schedule.lp_ft=false", "backbone_weights=random",
         backbone=MOBILENET))
     moved = changed(before, after)
     assert not {key for key in moved if "moving_" in key}

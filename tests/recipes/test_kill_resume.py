@@ -54,8 +54,8 @@ def _recipe(tmp_path, colour_folder, colour_test_folder, output_dir):
     recipe = {
         "backbone": TINY_CNN, "seed": 3, "output_dir": str(output_dir),
         "data": {"train": str(colour_folder), "test": str(colour_test_folder), "validation_split": 0.25,
-                 "image_size": [32, 32], "batch_size": 8},
-        "schedule": {"strategy": "fine_tuning", "head_epochs": HEAD_EPOCHS, "epochs": FINE_TUNE_EPOCHS,
+                 "image_size": [32, 32], "batch_size": 8, "cross_validate_below": 0},
+        "schedule": {"strategy": "fine_tuning", "lp_ft": False, "head_epochs": HEAD_EPOCHS, "epochs": FINE_TUNE_EPOCHS,
                      "learning_rate": 0.01},
         "callbacks": {"tensorboard": False, "checkpoint": True},
     }

@@ -44,7 +44,7 @@ def test_above_the_threshold_a_validation_split_is_held_out(colour_folder, tmp_p
     assert "validation_score" in json.loads((result.run_dir / "metrics.json").read_text())["selection"]["probe"]
 
 
-@pytest.mark.parametrize("mode", ["cross_validation", "validation"])
+@pytest.mark.parametrize("mode", ["cross_validation", pytest.param("validation", marks=pytest.mark.slow)])
 def test_lp_ft_keeps_the_probe_when_fine_tuning_hurts(colour_folder, tmp_path, mode):
     # A learning rate this large wrecks the backbone in one epoch: fine-tuning must lose to the probe.
     overrides = ["schedule.strategy=fine_tuning", "schedule.epochs=1", "schedule.learning_rate=10",

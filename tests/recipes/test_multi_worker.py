@@ -48,7 +48,8 @@ def _recipe(tmp_path, colour_folder, colour_test_folder, distribution):
     recipe = {
         "backbone": TINY_CNN, "distribution": distribution, "seed": 1, "output_dir": str(tmp_path / distribution),
         "data": {"train": str(colour_folder), "test": str(colour_test_folder), "validation_split": 0.25,
-                 "image_size": [32, 32], "batch_size": 8, "cache_features": False},
+                 "image_size": [32, 32], "batch_size": 8, "cache_features": False,
+                 "cross_validate_below": 0},  # keeps the validation split: its loss is compared too
         "head": {"dropout": 0.0},
         "schedule": {"strategy": "feature_extraction", "epochs": 3, "learning_rate": 0.01},
         "callbacks": {"tensorboard": False},
