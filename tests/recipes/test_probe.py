@@ -82,3 +82,13 @@ def test_a_binary_problem_uses_two_softmax_columns():
     proba = probe.predict(fit, x, "classification")
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
     assert np.mean(proba.argmax(1) == y) > 0.8
+
+
+def test_a_subset_lacking_the_last_class_still_fills_the_whole_head():
+    x, y = _blobs(classes=4)
+    keep = y < 3  # a fold of a tiny set: class 3 absent from its training part
+    fit = probe.fit_probe(x[keep], y[keep], "classification", folds=2, n_classes=4)
+    assert fit.kernel.shape == (x.shape[1], 4) and fit.bias.shape == (4,)
+    head = build_head(x.shape[1], "classification", 4)
+    probe.assign(head, fit)
+    assert not (probe.predict(fit, x, "classification").argmax(1) == 3).any()  # the absent class is never predicted

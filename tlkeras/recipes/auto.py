@@ -49,7 +49,7 @@ def _cv_contrastive(trainer, folds, pretrained) -> list[float]:
         tune_contrastive(trainer, fold_train)
         fit = probe_lib.fit_probe(trainer.extract_features(fold_train), fold_train.targets, trainer.task.name,
                                   folds=trainer.recipe.schedule.folds, class_weight=trainer.class_weight_mode,
-                                  seed=trainer.recipe.seed)
+                                  seed=trainer.recipe.seed, n_classes=trainer.probe_classes)
         outputs = probe_lib.predict(fit, trainer.extract_features(fold_val), trainer.task.name)
         scores.append(lpft.selection_score(trainer.task.name, fold_val.targets, outputs))
     trainer.extractor.set_weights(pretrained)

@@ -65,12 +65,13 @@ def fit_probe_head(trainer, examples, folds: int, features=None, views=None) -> 
         cv = [(np.concatenate([t + k * n for k in range(len(views))]), np.concatenate([v + k * n for k in range(len(views))]))
               for t, v in fold_indices(examples, folds, trainer.recipe.seed)]
         fit = probe_lib.fit_probe(stacked, targets, trainer.task.name, class_weight=trainer.class_weight_mode,
-                                  seed=trainer.recipe.seed, cv_indices=cv)
+                                  seed=trainer.recipe.seed, cv_indices=cv, n_classes=trainer.probe_classes)
         probe_lib.assign(trainer.head, fit)
         return fit
     features = trainer.cached_features(examples) if features is None else features
     fit = probe_lib.fit_probe(features, examples.targets, trainer.task.name, folds=folds,
-                              class_weight=trainer.class_weight_mode, seed=trainer.recipe.seed)
+                              class_weight=trainer.class_weight_mode, seed=trainer.recipe.seed,
+                              n_classes=trainer.probe_classes)
     probe_lib.assign(trainer.head, fit)
     return fit
 

@@ -71,7 +71,7 @@ def candidates(task: str) -> list[_Candidate]:
 
 
 def fit_probe(features, targets, task: str, folds: int = 5, class_weight: str | None = None, seed: int = 0,
-              cv_indices=None) -> ProbeFit:
+              cv_indices=None, n_classes: int | None = None) -> ProbeFit:
     """Fits the probe head, choosing its regularisation by cross-validation.
 
     Args:
@@ -82,6 +82,8 @@ def fit_probe(features, targets, task: str, folds: int = 5, class_weight: str | 
         class_weight: str or None. "balanced" weighs classes inversely to their frequency. Defaults to None.
         seed: int. Seed of the fold assignment.
         cv_indices: list of (train, validation) index pairs, to use instead of `folds` random folds.
+        n_classes: int or None. Classification: the head's width, when the last classes may be absent from
+            `targets` (a fold of a tiny set). Defaults to the largest class id + 1.
 
     Returns:
         ProbeFit, refit on every example with the winning candidate.
@@ -104,7 +106,7 @@ def fit_probe(features, targets, task: str, folds: int = 5, class_weight: str | 
         for train_idx, val_idx in splits:
             # One solver per fold and standardisation, run along the C grid with warm starts.
             for standardise in dict.fromkeys(c.standardise for c in grid):
-                solver = _Solver(x[train_idx], y[train_idx], task, standardise, class_weight)
+                solver = _Solver(x[train_idx], y[train_idx], task, standardise, class_weight, n_classes)
                 for candidate in (c for c in grid if c.standardise == standardise):
                     kernel, bias = solver.fit(candidate.c)
                     fold_scores[candidate.name].append(_score(x[val_idx] @ kernel + bias, y[val_idx], task))
@@ -113,7 +115,7 @@ def fit_probe(features, targets, task: str, folds: int = 5, class_weight: str | 
         best = max(grid, key=lambda c: scores[c.name][0])
     else:
         best = _Candidate(True, 1.0)
-    kernel, bias = _fit(x, y, task, best, class_weight)
+    kernel, bias = _fit(x, y, task, best, class_weight, n_classes)
     metric = {"classification": "accuracy", "multilabel": "f1_macro", "regression": "r2"}[task]
     return ProbeFit(kernel.astype(np.float32), bias.astype(np.float32), best.name, scores, metric,
                     len(splits) if len(grid) > 1 else 0, time.perf_counter() - start)
@@ -163,16 +165,17 @@ def _standardiser(x, on: bool):
     return mean, np.where(std > 1e-8, std, 1.0)
 
 
-def _fit(x, y, task, candidate: _Candidate, class_weight):
-    return _Solver(x, y, task, candidate.standardise, class_weight).fit(candidate.c)
+def _fit(x, y, task, candidate: _Candidate, class_weight, n_classes: int | None = None):
+    return _Solver(x, y, task, candidate.standardise, class_weight, n_classes).fit(candidate.c)
 
 
 class _Solver:
     """Fits one training set at several regularisation strengths: the standardisation and the span are
     computed once, and each fit starts from the previous one's solution (a warm start along the C path)."""
 
-    def __init__(self, x, y, task, standardise: bool, class_weight):
+    def __init__(self, x, y, task, standardise: bool, class_weight, n_classes: int | None = None):
         self.task, self.class_weight = task, class_weight
+        self.n_classes = n_classes or (int(np.max(y)) + 1 if task == "classification" else None)
         self.mean, self.std = _standardiser(x, standardise)
         z = (x - self.mean) / self.std
         self.z = z
@@ -260,7 +263,7 @@ def _softmax_fit(z, onehot, c, weights, init=None):
 
 def _logistic(solver: _Solver, c):
     y = solver.y.astype(np.int64)
-    n_classes = int(y.max()) + 1
+    n_classes = solver.n_classes
     present = np.unique(y)
     weights = _sample_weights(y, solver.class_weight)
     kernel = np.zeros((solver.z.shape[1], n_classes))

@@ -178,6 +178,11 @@ class Trainer:
         return not self.recipe.head.hidden_units
 
     @property
+    def probe_classes(self) -> int | None:
+        """int or None: the classification head's width, for probes fitted on subsets that may lack a class."""
+        return self.n_outputs if self.task.name == "classification" else None
+
+    @property
     def keras_class_weight(self) -> dict | None:
         if self.class_weight_mode != "balanced":
             return None
