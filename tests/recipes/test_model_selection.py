@@ -38,6 +38,27 @@ def test_below_the_threshold_choices_are_cross_validated_and_the_refit_sees_ever
     assert len(selection["probe"]["cv_scores"]) == len(probe_lib.candidates("classification"))
 
 
+@pytest.mark.parametrize("head, schedule, cross_validates", [
+    ([], {}, True), ([8], {}, False), ([], {"strategy": "gradual_unfreezing"}, False),
+    ([], {"strategy": "fine_tuning"}, True), ([], {"strategy": "fine_tuning", "lp_ft": False}, False),
+    ([], {"strategy": "contrastive"}, True)])
+def test_only_paths_that_cross_validate_give_up_the_validation_split(head, schedule, cross_validates):
+    from tlkeras import inputs
+    from tlkeras.recipes.config import parse_recipe
+    from tlkeras.recipes.trainer import _selects_by_cross_validation
+
+    recipe = parse_recipe({"backbone": "test_tiny_cnn", "data": {"train": "unused"}, "head": {"hidden_units": head},
+                           "schedule": schedule})
+    assert _selects_by_cross_validation(recipe, inputs.get("image")) is cross_validates
+
+
+def test_a_hidden_layer_head_on_small_data_keeps_a_validation_split(colour_folder, tmp_path):
+    result = train(make_recipe(colour_folder, tmp_path / "run", "head.hidden_units=[8]"), verbose=0)
+    log = (result.run_dir / "train.log").read_text()
+    assert "no cross-validated path" in log and "25% is held out for validation" in log
+    assert "val_loss" in (result.run_dir / "history.csv").read_text().splitlines()[0]
+
+
 def test_above_the_threshold_a_validation_split_is_held_out(colour_folder, tmp_path, probe_calls):
     result = train(make_recipe(colour_folder, tmp_path / "run", "data.cross_validate_below=10"), verbose=0)
     assert probe_calls[-1]["rows"] == 18  # 24 minus the 25% validation split

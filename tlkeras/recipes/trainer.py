@@ -63,14 +63,34 @@ def load_splits(recipe: Recipe, kind: inputs.InputKind) -> Splits:
     train, validation, test = (_checked(s, kind, cfg.skip_corrupt, skipped, notes) for s in (train, validation, test))
     cross_validated = False
     if validation is None and cfg.validation_split:
-        if len(train) < cfg.cross_validate_below:
+        small = f"{len(train)} training examples, below data.cross_validate_below={cfg.cross_validate_below}"
+        if len(train) < cfg.cross_validate_below and _selects_by_cross_validation(recipe, kind):
             cross_validated = True
-            notes.append(f"{len(train)} training examples, below data.cross_validate_below={cfg.cross_validate_below}: "
-                         f"no validation split is held out; choices are made by {recipe.schedule.folds}-fold "
-                         "cross-validation and the final model is refit on every example")
+            notes.append(f"{small}: no validation split is held out; choices are made by k-fold cross-validation "
+                         "and the final model is refit on every example")
         else:
+            if len(train) < cfg.cross_validate_below:
+                notes.append(f"{small}, but this recipe trains by epochs with Keras fit (hidden head layers, a "
+                             "staged schedule, augmentation or distribution), which has no cross-validated path: "
+                             f"{cfg.validation_split:.0%} is held out for validation")
             train, validation = data_lib.split_examples(train, cfg.validation_split, recipe.seed)
     return Splits(train, validation, test, skipped, notes, cross_validated)
+
+
+def _selects_by_cross_validation(recipe: Recipe, kind: inputs.InputKind) -> bool:
+    """True when the recipe's training path makes its choices by k-fold cross-validation: the probe on cached
+    features, LP-FT, contrastive and auto (see `Trainer.fit`)."""
+    schedule = recipe.schedule
+    if schedule.strategy in ("auto", "contrastive"):
+        return True
+    if recipe.head.hidden_units or recipe.distribution != "none":
+        return False
+    if schedule.strategy in ("layer_retraining", "fine_tuning"):
+        return schedule.lp_ft
+    if schedule.strategy != "feature_extraction" or not recipe.data.cache_features:
+        return False
+    views = kind.feature_views(recipe.augment)
+    return (views is not None and len(views) > 1) or kind.augmenter(recipe.augment, recipe.seed, False) is None
 
 
 def _checked(examples, kind, skip: bool, skipped: list, notes: list):
@@ -440,6 +460,9 @@ class Trainer:
         """Evaluates on the test split (else validation) and writes metrics, plots and report."""
         examples = self.splits.test or self.splits.validation or self.splits.train
         which = "test" if self.splits.test else "validation" if self.splits.validation else "train"
+        if which == "train":
+            log.warning("no test or validation data: the metrics are on the training data, which the model has seen "
+                        "(set data.test for figures that estimate accuracy on new data)")
         details = {"backbone": self.recipe.backbone, "strategy": self.recipe.schedule.strategy,
                    "evaluated on": f"{which} ({len(examples)} examples)", "training seconds": round(seconds, 1),
                    "train examples": len(self.splits.train), "run directory": str(self.run.path)}
@@ -489,7 +512,8 @@ def train(recipe: Recipe, resume: bool = False, verbose: int = 1) -> RunResult:
     trainer = Trainer.from_recipe(recipe, verbose=verbose)
     from tlkeras.recipes.resume import open_run
 
-    run = open_run(recipe, resume, data_lib.fingerprint(trainer.splits.train))
+    # The trainer's recipe: with `backbone: auto`, the chosen backbone (what config.yaml records and --resume checks).
+    run = open_run(trainer.recipe, resume, data_lib.fingerprint(trainer.splits.train))
     trainer.run = run
     with run_log(run.log_file):
         log.info("run %s: training %s on %d examples (%s)", run.path, recipe.backbone, len(trainer.splits.train),
