@@ -23,6 +23,7 @@ import traceback
 from pathlib import Path
 
 from bench.common import machine
+from tlkeras import files
 
 # In priority order: when time is short, the later ones are the ones to drop.
 BENCHMARKS = {
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     json_path, md_path = out / f"results{suffix}.json", out / f"RESULTS{suffix}.md"
     if args.render_only:
         results = json.loads(json_path.read_text())
-        md_path.write_text(render_markdown(results))
+        files.write_text(md_path, render_markdown(results))
         print(f"[bench] wrote {md_path} from {json_path}")
         if not args.quick and out.resolve() == DEFAULT_OUT.resolve() and update_readme(README, results):
             print(f"[bench] updated the table in {README}")
@@ -102,8 +103,8 @@ def main(argv=None) -> int:
         "suite_seconds": round(time.perf_counter() - suite_start, 1),
         "benchmarks": {name: rows[name] for name in BENCHMARKS if name in rows},
     }
-    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    md_path.write_text(render_markdown(results))
+    files.write_text(json_path, json.dumps(results, indent=1, default=str) + "\n")  # atomic: a kill keeps the old
+    files.write_text(md_path, render_markdown(results))
     print(f"[bench] wrote {json_path} and {md_path} in {results['suite_seconds']} s")
     if not args.quick and out.resolve() == DEFAULT_OUT.resolve() and update_readme(README, results):
         print(f"[bench] updated the table in {README}")
@@ -149,7 +150,7 @@ def update_readme(readme: Path, results: dict) -> bool:
         return False
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    readme.write_text(head + README_START + "\n" + "\n".join(render_table(results)) + "\n" + README_END + tail)
+    files.write_text(readme, head + README_START + "\n" + "\n".join(render_table(results)) + "\n" + README_END + tail)
     return True
 
 
