@@ -131,3 +131,23 @@ def test_efficientnet_lite0_real_features_separate_photos():
     photos = np.stack([tf.image.resize(load_sample_image(n), (224, 224)).numpy() for n in ("china.jpg", "flower.jpg")])
     features = extractor(photos).numpy()
     assert features.shape == (2, 1280) and (features > 0).mean() > 0.3, "features look like random init"
+
+
+def test_a_saved_llama_with_tied_embeddings_reloads(tmp_path):
+    """keras-hub's LlamaBackbone leaves `tie_word_embeddings` out of its config (SmolLM2 ties them)."""
+    import keras
+    import keras_hub
+    import numpy as np
+
+    from tlkeras.backbones.sources import _keep_tied_embeddings_in_config
+
+    network = keras_hub.models.Llama3Backbone(vocabulary_size=50, num_layers=1, num_query_heads=2,
+                                              num_key_value_heads=1, hidden_dim=8, intermediate_dim=16,
+                                              tie_word_embeddings=True)
+    _keep_tied_embeddings_in_config(network)
+    inputs = {name: keras.Input((None,), dtype="int32", name=name) for name in ("token_ids", "padding_mask")}
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(network(inputs)))
+    model.save(tmp_path / "model.keras")
+    batch = {"token_ids": np.ones((1, 4), "int32"), "padding_mask": np.ones((1, 4), "int32")}
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(reloaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)

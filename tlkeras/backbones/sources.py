@@ -88,12 +88,28 @@ def keras_hub_backbone(entry: BackboneEntry, weights: bool, spec=None) -> keras.
         if download_failed(err) and not Path(handle).exists():
             raise WeightsUnavailableError(_offline_hint(entry)) from err
         raise
+    _keep_tied_embeddings_in_config(network)
     if entry.submodel:
         if not hasattr(network, entry.submodel):
             raise TlkerasError(f"'{entry.name}': {type(network).__name__} has no sub-network "
                                f"'{entry.submodel}'; fix `submodel` in its catalog entry")
         network = getattr(network, entry.submodel)
     return network
+
+
+def _keep_tied_embeddings_in_config(network) -> None:
+    """keras-hub's LlamaBackbone (and so Llama3, SmolLM2) takes `tie_word_embeddings` but leaves it out of
+    `get_config`, so a saved model with tied embeddings reloads untied and fails on the missing
+    `reverse_embeddings`. Puts the flag back into this instance's config."""
+    tied = getattr(network, "tie_word_embeddings", None)
+    if tied is None or "tie_word_embeddings" in network.get_config():
+        return
+    get_config = network.get_config
+
+    def get_config_with_ties():
+        return {**get_config(), "tie_word_embeddings": tied}
+
+    network.get_config = get_config_with_ties
 
 
 def tf_hub_module(entry: BackboneEntry, weights: bool, spec) -> keras.Model:
