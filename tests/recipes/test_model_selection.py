@@ -104,3 +104,10 @@ def test_flip_on_cached_features_trains_on_each_image_and_its_mirror(colour_fold
     train(make_recipe(colour_folder, tmp_path / "run", "augment.flip=horizontal", "augment.tta=true"), verbose=0)
     assert backbone_passes == []
     assert np.isfinite(result.metrics["accuracy"])
+
+
+def test_tta_without_flip_training_still_evaluates_what_the_saved_model_averages(colour_folder, tmp_path,
+                                                                                backbone_passes):
+    train(make_recipe(colour_folder, tmp_path / "run", "augment.tta=true"), verbose=0)
+    # Training on the originals only; evaluation also on the mirrors, as the TTA model.keras and export do.
+    assert sorted(backbone_passes) == [24, 24], backbone_passes

@@ -162,9 +162,12 @@ class InputKind:
         cached once per view; None when the augmentation is random and must run every epoch."""
         return None if config.enabled() else ("identity",)
 
+    # The feature views `test_time_augmented` averages over, for predictions from cached features.
+    tta_views: tuple[str, ...] = ("identity",)
+
     def test_time_augmented(self, model):
-        """keras.Model: `model` averaging its outputs over augmented views of each input
-        (`augment.tta`). Kinds without such views refuse."""
+        """keras.Model: `model` averaging its outputs over augmented views of each input (`augment.tta`, the
+        views `tta_views` names). Kinds without such views refuse."""
         raise TlkerasError(f"augment.tta averages over mirrored images; a {self.name} recipe cannot use it: remove "
                            "it")
 

@@ -385,6 +385,8 @@ class ImageKind(InputKind):
         h, w = spec_out.image_size  # the same bilinear resize, no antialiasing, as decoding does
         return keras.layers.Resizing(h, w, interpolation="bilinear", name=f"resize_{h}x{w}")(inputs)
 
+    tta_views = ("identity", "flip")
+
     def test_time_augmented(self, model):
         import keras
 

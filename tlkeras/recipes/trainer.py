@@ -450,7 +450,8 @@ class Trainer:
         if self.recipe.augment.tta and not self.uses_feature_cache():
             return np.asarray(self.inference_model.predict(self.dataset(examples, False, targets=False), verbose=0))
         if self.uses_feature_cache():
-            views = self.views if self.views and self.recipe.augment.tta else ("identity",)
+            # With TTA, the views the saved model averages over, whether or not training used them.
+            views = self.kind.tta_views if self.recipe.augment.tta else ("identity",)
             return np.mean([np.asarray(self.head.predict(self.cached_features(examples, view), verbose=0,
                                                          batch_size=self.recipe.data.batch_size))
                             for view in views], axis=0)
