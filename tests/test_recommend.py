@@ -87,3 +87,10 @@ def test_fit_evaluate_predict_export_in_three_lines(colour_folder, colour_test_f
     assert abs(sum(predictions[0]["probabilities"]) - 1) < 1e-4
     version = result.export(tmp_path / "models" / "colours")
     assert (version / "saved_model.pb").is_file() and version.name == "1"
+
+
+def test_fit_takes_recipe_sections_as_keywords_the_data_section_too(text_csv, tmp_path):
+    result = tlkeras.fit(text_csv, backbone=TINY_BERT, data={"text_column": "text"}, schedule={"folds": 3},
+                         output_dir=str(tmp_path / "runs"), verbose=0)
+    config = (result.run_dir / "config.yaml").read_text()
+    assert "text_column: text" in config and f"train: {text_csv}" in config

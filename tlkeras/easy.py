@@ -64,12 +64,13 @@ class FitResult:
         return export_run(self.run_dir, base_dir=path.parent, name=path.name)
 
 
-def fit(data: str, backbone: str = "auto", task: str = "classification", test: str | None = None,
+def fit(data: str, /, backbone: str = "auto", task: str = "classification", test: str | None = None,
         output_dir: str | None = None, verbose: int = 1, **sections) -> FitResult:
     """Trains and evaluates a recipe made of keyword arguments; returns a `FitResult`.
 
     Args:
-        data: str. What a recipe's `data.train` takes: a class folder, or a CSV/Parquet table.
+        data: str, positional. What a recipe's `data.train` takes: a class folder, or a CSV/Parquet table
+            (the `data=` keyword is the recipe's data section, as below).
         backbone: str. A registry name, a list of names (an ensemble), or "auto" (the best on the data).
             Defaults to "auto".
         task: str. "classification", "multilabel" or "regression".
@@ -87,7 +88,7 @@ def fit(data: str, backbone: str = "auto", task: str = "classification", test: s
     from tlkeras.recipes import parse_recipe, train
 
     raw = copy.deepcopy(sections)
-    data_section = dict(raw.pop("data", {}) or {})
+    data_section = dict(raw.pop("data", {}) or {})  # the recipe's data section; the positional `data` is its train
     data_section["train"] = str(data)
     if test is not None:
         data_section["test"] = str(test)
