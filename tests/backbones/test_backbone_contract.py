@@ -20,7 +20,7 @@ MIN_SIZE = {"inception": 75, "inception_resnet": 75, "xception": 71}
 
 # Families whose smallest member takes over 10 s to build and run here: they run with the slow tests (CI).
 HEAVY_FAMILIES = {"inception_resnet", "nasnet", "densenet", "inception", "efficientnet", "resnet", "resnet_v2",
-                  "efficientnet_v2", "convnext", "xception"}
+                  "efficientnet_v2", "convnext", "xception", "mobilenet_v2"}
 
 
 def _one_per_family(source):

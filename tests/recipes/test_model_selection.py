@@ -83,6 +83,7 @@ def test_lp_ft_keeps_the_probe_when_fine_tuning_hurts(colour_folder, tmp_path, m
     assert result.metrics["accuracy"] == pytest.approx(probe_only.metrics["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_imbalanced_classes_get_balanced_weights_by_default(colour_folder, tmp_path, probe_calls):
     for extra in sorted((colour_folder / "red").iterdir())[2:]:  # red keeps 2 of 8 images
         extra.unlink()
@@ -106,6 +107,7 @@ def test_flip_on_cached_features_trains_on_each_image_and_its_mirror(colour_fold
     assert np.isfinite(result.metrics["accuracy"])
 
 
+@pytest.mark.slow
 def test_tta_without_flip_training_still_evaluates_what_the_saved_model_averages(colour_folder, tmp_path,
                                                                                 backbone_passes):
     train(make_recipe(colour_folder, tmp_path / "run", "augment.tta=true"), verbose=0)
