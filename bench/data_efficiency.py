@@ -312,3 +312,28 @@ def _summary_line(image, text) -> str:
     parts = [f"Fashion-MNIST {i}/class: " + ", ".join(f"{m} {_fmt(image, i, m)}" for m in image.get(i, {})),
              f"Rotten Tomatoes {t}/class: " + ", ".join(f"{m} {_fmt(text, t, m)}" for m in text.get(t, {}))]
     return "; ".join(parts)
+
+
+def feature_rows(image_sizes, text_sizes) -> dict:
+    """The feature-level rows alone (scikit-learn reference, probe, mirrored views) at some sizes, full-mode
+    seeds and test sets, no training runs: `python -m bench.data_efficiency --image-sizes 10 --text-sizes 32`."""
+    import tempfile
+    from pathlib import Path
+
+    cfg = {**settings(False), "image_sizes": tuple(image_sizes), "text_sizes": tuple(text_sizes)}
+    with fresh_home(Path(tempfile.mkdtemp(prefix="data-efficiency-")), "data_efficiency"):
+        image = _summarise(_fashion_features(cfg)) if image_sizes else {}
+        text = _summarise(_rotten_features(cfg)) if text_sizes else {}
+    return {"fashion_mnist_accuracy": image, "rotten_tomatoes_accuracy": text, "seeds": cfg["seeds"],
+            "test_size": cfg["test_size"], "text_test": cfg["text_test"], "ensemble": cfg["ensemble"]}
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=feature_rows.__doc__.splitlines()[0])
+    parser.add_argument("--image-sizes", type=int, nargs="*", default=[10])
+    parser.add_argument("--text-sizes", type=int, nargs="*", default=[32])
+    args = parser.parse_args()
+    print(json.dumps(feature_rows(args.image_sizes, args.text_sizes), indent=1))
