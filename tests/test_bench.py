@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("registry_cold_start", "feature_cache_vs_keras_baseline", "fit_overhead", "roofline",
-              "serving_latency", "serving_batching", "data_efficiency", "feature_cache_scaling")
+              "serving_latency", "serving_batching", "data_efficiency", "recommendation", "feature_cache_scaling")
 
 
 def _numbers(value):
