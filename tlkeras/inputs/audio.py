@@ -11,25 +11,18 @@ Files the graph cannot decode (FLAC, OGG, WAV that is not 16-bit PCM) are conver
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from tlkeras import files, paths
 from tlkeras.errors import TlkerasError
 from tlkeras.inputs import audio_ops, pipeline
-from tlkeras.inputs.base import InputKind, InputSpec
+from tlkeras.inputs.base import InputKind, InputSpec, check_files, first_few
 
 SERVING_DEFAULT = "serving_default"
 AUDIO_BYTES = "audio_bytes"
 DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_CLIP_SECONDS = 30
-_SHOWN = 5
-
-
-def _first(items, n: int = _SHOWN) -> str:
-    shown = ", ".join(str(x) for x in items[:n])
-    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
 def sine_wav(seconds: float, rate: int, frequency: float = 440.0) -> bytes:
@@ -87,20 +80,12 @@ class AudioKind(InputKind):
                     soundfile.write(str(tmp), waveform, rate, subtype="PCM_16", format="WAV")
             converted.append(item)
             kept.append(str(target))
-        notes = [f"converted {len(converted)} audio files the graph cannot decode ({_first(converted)}) to 16-bit WAV "
+        notes = [f"converted {len(converted)} audio files the graph cannot decode ({first_few(converted)}) to 16-bit WAV "
                  f"in {cache}"] if converted else []
         return kept, notes
 
     def check(self, items, skip):
-        paths_ = [str(p) for p in items]
-        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
-            reasons = list(pool.map(audio_ops.audio_problem, paths_))
-        bad = [(p, r) for p, r in zip(paths_, reasons, strict=True) if r is not None]
-        if bad and not skip:
-            raise TlkerasError(
-                f"{len(bad)} of {len(paths_)} audio files cannot be trained on: fix or delete them, or set "
-                f"data.skip_corrupt: true to skip them. Received: {_first([f'{p} ({r})' for p, r in bad])}")
-        return np.asarray([r is None for r in reasons], dtype=bool), bad
+        return check_files(items, audio_ops.audio_problem, "audio files cannot be trained on", skip)
 
     def fingerprint_item(self, item):
         try:

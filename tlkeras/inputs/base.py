@@ -12,6 +12,35 @@ import numpy as np
 
 from tlkeras.errors import TlkerasError
 
+_SHOWN = 5
+
+
+def first_few(items: Sequence, n: int = _SHOWN) -> str:
+    """str: the first `n` items, comma-separated, and how many more there are."""
+    shown = ", ".join(str(x) for x in items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def map_files(function: Callable[[str], Any], items) -> tuple[list[str], list]:
+    """(paths, results): `function` of each file path, on a few threads (file checks are I/O bound)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [str(p) for p in items]
+    with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+        return paths, list(pool.map(function, paths))
+
+
+def check_files(items, problem: Callable[[str], str | None], cannot: str, skip: bool) -> tuple[np.ndarray, list]:
+    """(usable mask, [(path, reason)]): `problem(path)` of each file; unless `skip`, any problem is an error
+    that says the files `cannot` (e.g. "images cannot be decoded") and names the fix."""
+    paths, reasons = map_files(problem, items)
+    bad = [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+    if bad and not skip:
+        raise TlkerasError(f"{len(bad)} of {len(paths)} {cannot}: fix or delete them, or set data.skip_corrupt: "
+                           f"true to skip them. Received: {first_few([f'{p} ({r})' for p, r in bad])}")
+    return np.asarray([r is None for r in reasons], dtype=bool), bad
+
 
 @dataclass(frozen=True)
 class InputSpec:

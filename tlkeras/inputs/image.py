@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from tlkeras.errors import TlkerasError
 from tlkeras.files import sha256_file
 from tlkeras.inputs import pipeline
-from tlkeras.inputs.base import InputKind, InputSpec
+from tlkeras.inputs.base import InputKind, InputSpec, check_files, map_files
 
 SERVING_DEFAULT = "serving_default"
 SERVING_IMAGES = "serving_images"
@@ -35,7 +34,6 @@ CONVERTED_EXTENSIONS = (".tif", ".tiff", ".ico", ".ppm", ".pgm", ".pbm", ".pnm",
 # Pillow's own decompression-bomb limit (89.5 Mpx): larger images are refused, not decoded.
 MAX_PIXELS = 89_478_485
 CONVERSION_VERSION = "v1"  # part of the cache path: bump it when the conversion changes
-_SHOWN = 5
 
 
 def decode(encoded, image_size: Sequence[int]):
@@ -241,11 +239,6 @@ def sample_images(image_size: Sequence[int]) -> list[np.ndarray]:
     return [gradient, gradient[::-1, ::-1].copy()]
 
 
-def _first(items: Sequence, n: int = _SHOWN) -> str:
-    shown = ", ".join(str(x) for x in items[:n])
-    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
-
-
 class ImageKind(InputKind):
     name = "image"
     file_extensions = TF_EXTENSIONS + CONVERTED_EXTENSIONS
@@ -265,25 +258,14 @@ class ImageKind(InputKind):
         return InputSpec(self.name, image_size=(int(size[0]), int(size[1])))
 
     def check(self, items, skip):
-        paths = [str(p) for p in items]
-        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
-            reasons = list(pool.map(file_problem, paths))
-        bad = [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
-        if bad and not skip:
-            raise TlkerasError(
-                f"{len(bad)} of {len(paths)} images cannot be decoded: fix or delete them, or set "
-                f"data.skip_corrupt: true to skip them. Received: {_first([f'{p} ({r})' for p, r in bad])}")
-        return np.asarray([r is None for r in reasons], dtype=bool), bad
+        return check_files(items, file_problem, "images cannot be decoded", skip)
 
     def prepare_inputs(self, items):
-        paths = [str(p) for p in items]
-        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
-            reasons = list(pool.map(conversion_reason, paths))
+        paths, reasons = map_files(conversion_reason, items)
         if not any(reasons):
             return paths, []
         todo = [i for i, reason in enumerate(reasons) if reason]
-        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
-            converted = list(pool.map(_converted_or_none, [paths[i] for i in todo]))
+        _, converted = map_files(_converted_or_none, [paths[i] for i in todo])
         for i, new in zip(todo, converted, strict=True):
             if new is not None:
                 paths[i] = new
