@@ -245,7 +245,8 @@ def test_lite2_real_weights_classify_sample_images():
     entry = registry.get(LITE2)
     model = efficientnet_lite("lite2", include_top=True)
     convert_lite_weights(architectures.load_arrays(weights.weights_location(entry)), model)
-    pixels = np.stack([_centre_crop(load_sample_image(n), 260, entry.crop_fraction)
+    # The reference evaluation crops 260 of 292 pixels (the entry's `preprocessing` says so).
+    pixels = np.stack([_centre_crop(load_sample_image(n), 260, 260 / 292)
                        for n in ("china.jpg", "flower.jpg")])
     china, flower = decode_imagenet_predictions(model.predict((pixels - 127.0) / 128.0, verbose=0), top=5)
 

@@ -598,10 +598,10 @@ def test_real_whisper_encoder_matches_ctranslate2s_own_output():
     from tlkeras.weights import weights_location
 
     spec = importlib.util.spec_from_file_location(
-        "make_reference", Path(__file__).parents[1] / "scripts" / "make_whisper_ct2_reference.py")
+        "make_reference", Path(__file__).parents[2] / "scripts" / "make_whisper_ct2_reference.py")
     make_reference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_reference)
-    reference = np.load(Path(__file__).parent / "reference" / "whisper_ct2_reference.npz")
+    reference = np.load(Path(__file__).parents[1] / "reference" / "whisper_ct2_reference.npz")
     backbone = build_backbone(weights_location(registry.get("whisper_tiny_en_encoder")))
     hidden = np.asarray(encoder_model(backbone, pooled=False)(make_reference.test_signal()[None]))[0]
     np.testing.assert_allclose(hidden[reference["frames"]], reference["hidden"], atol=1e-4)  # measured 6e-6
