@@ -33,6 +33,20 @@ def test_ranking_orders_by_probe_accuracy_and_marks_the_pareto_front():
     assert capped[0]["name"] == "fast_good" and capped[1]["status"].startswith("too slow")
 
 
+def test_accuracies_within_one_standard_error_are_a_tie_that_logme_orders():
+    def candidate(name, accuracy, logme, latency):  # 4 folds, fold spread 0.08: standard error 0.04
+        return Candidate(_Entry(name), accuracy, 0.08, logme, latency, 10, probe_folds=4)
+
+    rows = _table([candidate("noisy_top", 0.70, -0.80, 10.0), candidate("close_better_logme", 0.67, -0.70, 90.0),
+                   candidate("far_best_logme", 0.61, -0.10, 5.0)], max_latency_ms=None)
+    assert [(r["name"], r["tier"]) for r in rows] == [("close_better_logme", 1), ("noisy_top", 1), ("far_best_logme", 2)]
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    # Without a fold spread (or with one fold) nothing ties: accuracy alone orders.
+    plain = _table([Candidate(_Entry("a"), 0.70, 0.08, -0.8, 10.0, 10, probe_folds=1),
+                    Candidate(_Entry("b"), 0.69, 0.08, -0.1, 10.0, 10, probe_folds=1)], max_latency_ms=None)
+    assert [r["name"] for r in plain] == ["a", "b"]
+
+
 def test_recommend_on_an_image_folder_ranks_runnable_backbones_and_reports(colour_folder, tmp_path):
     table = recommend_lib.recommend(colour_folder, candidates="test_*", sample=24, folds=3, out_dir=tmp_path / "rec",
                                     progress=False)
