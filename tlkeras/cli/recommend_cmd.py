@@ -47,7 +47,7 @@ def recommend(data, domain, task, candidates, max_params, max_latency_ms, sample
         from rich.console import Console
         from rich.table import Table
 
-        shown = ["rank", "name", "probe_accuracy", "probe_std", "logme", "latency_ms", "throughput", "params",
+        shown = ["rank", "tier", "name", "probe_accuracy", "probe_std", "logme", "latency_ms", "throughput", "params",
                  "pareto", "status"]
         out = Table()
         for column in shown:
