@@ -81,6 +81,9 @@ class InputKind:
     file_extensions: tuple[str, ...] = ()
     table_column: str = ""
     spec_fields: tuple[str, ...] = ()
+    # `strategy: auto` also scores SetFit-style contrastive tuning: for kinds whose encoders it is measured
+    # to help (sentence encoders; see the README's Benchmarks for images).
+    auto_tries_contrastive: bool = False
 
     @property
     def reads_files(self) -> bool:

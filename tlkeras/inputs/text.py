@@ -27,6 +27,7 @@ class TextKind(InputKind):
     preprocessor_files = True
     table_column = "text"
     spec_fields = ("sequence_length",)
+    auto_tries_contrastive = True
 
     def input_column(self, path_column, text_column):
         return text_column or self.table_column

@@ -61,7 +61,7 @@ def candidates(trainer) -> list[str]:
     names = ["probe"]
     if "fine_tuning" in trainer.entry.supports:
         names.append("lp_ft")
-        if trainer.kind.name == "text" and trainer.task.name == "classification":
+        if trainer.kind.auto_tries_contrastive and trainer.task.name == "classification":
             names.append("contrastive")
     return names
 
