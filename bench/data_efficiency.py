@@ -328,6 +328,38 @@ def feature_rows(image_sizes, text_sizes) -> dict:
             "test_size": cfg["test_size"], "text_test": cfg["text_test"], "ensemble": cfg["ensemble"]}
 
 
+def image_contrastive(seeds=(0, 1, 2), per_class: int = 10, test_size: int = 2000, steps: int = 160) -> dict:
+    """Does SetFit-style contrastive tuning help an image backbone? `strategy: contrastive` against the probe on
+    EfficientNet-Lite0, Fashion-MNIST at `per_class` labels/class, the same samples and test images (real
+    `tlkeras train` runs, one at a time): `python -m bench.data_efficiency --image-contrastive`."""
+    import tempfile
+    from pathlib import Path
+
+    from tlkeras.datasets import fashion_mnist
+
+    workdir = Path(tempfile.mkdtemp(prefix="image-contrastive-"))
+    rows: dict = {"probe": [], "contrastive": [], "contrastive_seconds": []}
+    with fresh_home(workdir, "image_contrastive"):
+        test = fashion_mnist(workdir / "fm_test", train_per_class=1, test_size=test_size)["test"]
+        for seed in seeds:
+            train_dir = fashion_mnist(workdir / f"fm_{seed}", train_per_class=per_class, test_size=1, seed=seed)["train"]
+            for method in ("probe", "contrastive"):
+                recipe = {"backbone": LITE0, "seed": seed, "callbacks": NO_CALLBACKS,
+                          "data": {"train": str(train_dir), "test": str(test), "batch_size": 16},
+                          "schedule": {"strategy": "feature_extraction" if method == "probe" else "contrastive",
+                                       "contrastive_max_steps": steps},
+                          "output_dir": str(workdir / "runs" / f"{method}_{seed}")}
+                score, seconds = _run_job(recipe)
+                rows[method].append(score)
+                if method == "contrastive":
+                    rows["contrastive_seconds"].append(round(seconds, 1))
+                print(f"[bench] image contrastive seed {seed}: {method} {score:.4f} ({seconds:.0f} s)", flush=True)
+    summary = {k: {"mean": round(statistics.mean(v), 4), "std": round(statistics.stdev(v), 4) if len(v) > 1 else 0.0,
+                   "runs": [round(x, 4) for x in v]} for k, v in rows.items() if k != "contrastive_seconds"}
+    return {**summary, "contrastive_seconds": rows["contrastive_seconds"], "seeds": list(seeds),
+            "per_class": per_class, "test_size": test_size, "steps": steps, "backbone": LITE0}
+
+
 if __name__ == "__main__":
     import argparse
     import json
@@ -335,5 +367,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=feature_rows.__doc__.splitlines()[0])
     parser.add_argument("--image-sizes", type=int, nargs="*", default=[10])
     parser.add_argument("--text-sizes", type=int, nargs="*", default=[32])
+    parser.add_argument("--image-contrastive", action="store_true", help=image_contrastive.__doc__.splitlines()[0])
     args = parser.parse_args()
-    print(json.dumps(feature_rows(args.image_sizes, args.text_sizes), indent=1))
+    if args.image_contrastive:
+        print(json.dumps(image_contrastive(), indent=1))
+    else:
+        print(json.dumps(feature_rows(args.image_sizes, args.text_sizes), indent=1))

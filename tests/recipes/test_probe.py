@@ -46,7 +46,8 @@ def test_cross_validation_scores_every_candidate_and_refits_on_all_data():
     x, y = _blobs()
     fit = probe.fit_probe(x, y, "classification", folds=4)
     assert fit.folds == 4 and set(fit.cv_scores) == {c.name for c in probe.candidates("classification")}
-    assert fit.choice == max(fit.cv_scores, key=lambda k: fit.cv_scores[k][0])
+    best = max(fit.cv_scores, key=lambda k: fit.cv_scores[k][0])
+    assert fit.choice == best != probe.SKLEARN_DEFAULT.name  # these blobs' scales make standardising clearly better
     # Refit on all 80 examples: training accuracy of the winner, not of one fold's model.
     assert np.mean(probe.predict(fit, x, "classification").argmax(1) == y) >= max(m for m, _ in fit.cv_scores.values())
 
@@ -92,3 +93,29 @@ def test_a_subset_lacking_the_last_class_still_fills_the_whole_head():
     head = build_head(x.shape[1], "classification", 4)
     probe.assign(head, fit)
     assert not (probe.predict(fit, x, "classification").argmax(1) == 3).any()  # the absent class is never predicted
+
+
+def test_one_example_per_class_is_scikit_learn_s_default():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _blobs(n_per_class=1, classes=5)
+    x = x.astype(np.float64)  # scikit-learn stops early on float32
+    fit = probe.fit_probe(x, y, "classification")
+    assert fit.folds == 0 and fit.choice == probe.SKLEARN_DEFAULT.name
+    x_test = _blobs(n_per_class=50, classes=5)[0].astype(np.float64)
+    expected = LogisticRegression(max_iter=5000, tol=1e-8).fit(x, y).predict_proba(x_test)
+    ours = probe.predict(fit, x_test, "classification")
+    np.testing.assert_array_equal(ours.argmax(1), expected.argmax(1))
+    np.testing.assert_allclose(ours, expected, atol=0.02)  # both converged; features up to 30 apart in scale
+
+
+def test_a_candidate_replaces_the_default_only_when_it_wins_by_more_than_a_standard_error():
+    grid = probe.candidates("classification")
+    default = probe.SKLEARN_DEFAULT.name
+    scores = {c.name: (0.70, 0.05) for c in grid}
+    scores["standardised, C=0.1"] = (0.74, 0.05)  # +4 points; the default's standard error over 4 folds: 2.5
+    assert probe._choose(grid, scores, "classification", 4).name == "standardised, C=0.1"
+    scores["standardised, C=0.1"] = (0.72, 0.05)  # +2 points: inside the fold noise
+    assert probe._choose(grid, scores, "classification", 4).name == default
+    scores[default] = (0.75, 0.0)  # the default is best outright
+    assert probe._choose(grid, scores, "classification", 4).name == default
