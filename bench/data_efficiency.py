@@ -46,7 +46,8 @@ def settings(quick: bool) -> dict:
         # One real run per dataset (the code paths, not the figures): auto is exercised by the unit tests.
         return dict(image_sizes=(2,), seeds=(0,), test_size=40, ensemble=(LITE0,), run_sizes=(2,), run_seeds=(0,),
                     ft_epochs=1, scratch_epochs=2, text_sizes=(4,), text_test=40, text_run_sizes=(4,),
-                    contrastive_steps=4, text_seq=32, budget_minutes=2.0, workers=2, image_size=64,
+                    contrastive_steps=4, text_seq=32, budget_minutes=2.0, text_budget_minutes=2.0, workers=2,
+                    image_size=64,
                     image_methods=("lp_ft",), text_methods=("contrastive",))
     # Real training runs (LP-FT, auto, scratch, contrastive) cost 2-6 min each here, so they run at the sizes the
     # targets name (10/class images, 32/class texts) with 3 seeds; feature-level rows cover every size, 5 seeds.
@@ -55,6 +56,8 @@ def settings(quick: bool) -> dict:
                 ensemble=(LITE0,), run_sizes=(10,), run_seeds=(0, 1, 2),
                 ft_epochs=3, scratch_epochs=40, text_sizes=(8, 32, 128), text_test=2000, text_run_sizes=(32,),
                 contrastive_steps=80, text_seq=64, budget_minutes=6.0, workers=2, image_size=None,
+                # auto's text trials: the probe, LP-FT and 3-fold contrastive (estimated 13.7 min at 6 min: skipped)
+                text_budget_minutes=15.0,
                 image_methods=("lp_ft", "auto", "scratch"), text_methods=("contrastive", "auto"))
 
 
@@ -225,7 +228,7 @@ def _rotten_jobs(cfg, workdir) -> list[dict]:
                       "data": {"train": str(data["train"]), "test": str(data["test"]), "text_column": "text",
                                "sequence_length": cfg["text_seq"], "batch_size": 16}}
             schedule = {"contrastive_max_steps": cfg["contrastive_steps"], "epochs": 2,
-                        "budget_minutes": cfg["budget_minutes"], "learning_rate": 1e-3,
+                        "budget_minutes": cfg["text_budget_minutes"], "learning_rate": 1e-3,
                         "backbone_lr_multiplier": 0.02}
             for method in cfg["text_methods"]:  # the method is the strategy's name
                 recipe = {**common, "schedule": {**schedule, "strategy": method},
