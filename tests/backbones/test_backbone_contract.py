@@ -144,3 +144,11 @@ def test_an_ensemble_concatenates_members_at_their_own_sizes(tmp_path):
     assert lite.input_shape[1:3] == (224, 224)  # resized inside the model to the member's own size
     with pytest.raises(Exception, match="ensemble"):
         backbones.build([TINY_CNN, "minilm_l6_v2"], weights=False)
+
+
+def test_backbones_with_their_own_tokenizers_are_not_ensembled():
+    from tlkeras.backbones.ensemble import ensemble_entry
+    from tlkeras.errors import TlkerasError
+
+    with pytest.raises(TlkerasError, match="text backbones preprocess with files of their own"):
+        ensemble_entry(["minilm_l6_v2", "paraphrase_minilm_l3_v2"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from tlkeras import registry
+from tlkeras import inputs, registry
 from tlkeras.errors import TlkerasError
 
 SEPARATOR = "+"
@@ -23,9 +23,10 @@ def ensemble_entry(names: Sequence[str], extra_dirs=()):
     if len(domains) != 1:
         raise TlkerasError(f"an ensemble's backbones must take one input kind; these take {sorted(domains)}. "
                            f"Received: backbone={list(names)}")
-    if domains == {"text"}:
-        raise TlkerasError("text backbones tokenize differently, so tlkeras does not ensemble them; pick one. "
-                           f"Received: backbone={list(names)}")
+    kind = inputs.for_entry(members[0])
+    if kind.preprocessor_files:  # each member would need its own tokenizer on the one canonical input
+        raise TlkerasError(f"{kind.name} backbones preprocess with files of their own (tokenizers), so tlkeras does "
+                           f"not ensemble them; pick one. Received: backbone={list(names)}")
     missing = [m.name for m in members if "feature_extraction" not in m.supports]
     if missing:
         raise TlkerasError(f"{missing} cannot extract features in tlkeras yet; drop them from the ensemble")
